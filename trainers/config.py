@@ -1,0 +1,250 @@
+"""The typed configuration of one training run (one sweep trial).
+
+`TrainConfig` is the single schema shared by `python -m trainers.train`, the sweep spec's `base`
+section and every arm the sweep plans: YAML, `--set key=value` overrides and search-space samples
+all become a `TrainConfig` here, so an unknown key or a wrong type is caught once, at the edge,
+with its dotted key path. Defaults are the DeiT recipe that LocalViT trains with (REFERENCE.md
+section 6); small runs override them.
+
+The models are frozen pydantic models: hashable, picklable, safe to ship to Ray workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import difflib
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "ACTIVATIONS",
+    "DATASETS",
+    "AugConfig",
+    "ConfigError",
+    "DataConfig",
+    "LocalityConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "format_validation_error",
+    "parse_set_args",
+    "train_config_from_dict",
+]
+
+# The paper's activation / channel-attention codes (REFERENCE.md section 2).
+ACTIVATIONS = ("relu6", "hs", "hs+se", "hs+eca", "hs+ecah")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key path and how to fix it."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalityConfig(_Frozen):
+    """Locality FFN knobs; a field left as None inherits the model variant's default."""
+
+    act: Literal["relu6", "hs", "hs+se", "hs+eca", "hs+ecah"] | None = None
+    # gamma: hidden width = expansion * dim.
+    expansion: int | None = Field(default=None, gt=0)
+    # SE hidden width = expansion * dim // reduction.
+    reduction: int | None = Field(default=None, gt=0)
+    # Which transformer blocks get the locality FFN: "all", a 1-based range "1-4", or a list.
+    layers: Union[str, list[int], int, None] = None
+    dw_conv: bool | None = None
+
+
+class ModelConfig(_Frozen):
+    backbone: str = "localvit_micro"
+    # "default": the variant's own locality (none for a plain backbone); null: no locality FFN;
+    # a mapping: locality on, these knobs over the family's defaults.
+    locality: Union[Literal["default"], None, LocalityConfig] = "default"
+    drop_path: float | None = Field(default=None, ge=0.0, lt=1.0)
+    # Architecture overrides passed to create_model (e.g. mlp_ratio: 6, num_heads: 4).
+    arch: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Frozen):
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = "digits"
+    root: str | None = None
+    download: bool = False
+    # Input resolution; None takes the model variant's default.
+    img_size: int | None = Field(default=None, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    # digits: fraction held out for validation (fixed stratified split).
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # synthetic: sizes of the random dataset.
+    synthetic_train: int = Field(default=512, gt=0)
+    synthetic_val: int = Field(default=128, gt=0)
+    synthetic_classes: int = Field(default=10, gt=1)
+
+
+class OptimConfig(_Frozen):
+    epochs: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=1024, gt=0)
+    opt: str = "adamw"
+    # Absolute learning rate; None uses the recipe's base_lr * batch_size / 512.
+    lr: float | None = Field(default=None, gt=0.0)
+    base_lr: float = Field(default=5e-4, gt=0.0)
+    weight_decay: float = Field(default=0.05, ge=0.0)
+    opt_eps: float = Field(default=1e-8, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0)
+    sched: str = "cosine"
+    min_lr: float = Field(default=1e-5, ge=0.0)
+    warmup_epochs: int = Field(default=5, ge=0)
+    warmup_lr: float = Field(default=1e-6, ge=0.0)
+    clip_grad: float | None = Field(default=None, gt=0.0)
+    ema: bool = True
+    ema_decay: float = Field(default=0.99996, gt=0.0, lt=1.0)
+    # Mixed precision; only takes effect on CUDA.
+    amp: bool = True
+    # Cap on optimizer steps per epoch (smoke runs); None = the whole training set.
+    steps_per_epoch: int | None = Field(default=None, gt=0)
+
+
+class AugConfig(_Frozen):
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = Field(default=0.4, ge=0.0)
+    reprob: float = Field(default=0.25, ge=0.0, le=1.0)
+    interpolation: str = "bicubic"
+    crop_pct: float = Field(default=0.875, gt=0.0, le=1.0)
+    mixup: float = Field(default=0.8, ge=0.0)
+    cutmix: float = Field(default=1.0, ge=0.0)
+    mixup_switch_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Frozen):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: OptimConfig = Field(default_factory=OptimConfig)
+    aug: AugConfig = Field(default_factory=AugConfig)
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch intra-op threads; None leaves torch's default.
+    threads: int | None = Field(default=None, gt=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def effective_lr(self) -> float:
+        t = self.train
+        return t.lr if t.lr is not None else t.base_lr * t.batch_size / 512
+
+
+def _field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[str]:
+    """The valid keys at `path` inside `model_cls` (for did-you-mean hints)."""
+    cls: Any = model_cls
+    for part in path:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def format_validation_error(
+    err: ValidationError, model_cls: type[BaseModel] = None, prefix: str = ""
+) -> list[str]:
+    """One line per problem: `key.path: what is wrong; how to fix`."""
+    model_cls = model_cls or TrainConfig
+    lines = []
+    errors = err.errors()
+    for e in errors:
+        # A mapping given where a union also allows a literal or null: the mapping branch's own
+        # errors say what is wrong, the "should be 'default'" line would only confuse.
+        if e["type"] in ("literal_error", "none_required") and isinstance(e.get("input"), Mapping):
+            continue
+        # Drop pydantic's union-branch markers (e.g. 'LocalityConfig', "literal['default']").
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+        path = ".".join(str(p) for p in loc)
+        full = f"{prefix}{path}" if path else prefix.rstrip(".")
+        if e["type"] == "extra_forbidden":
+            valid = _field_names(model_cls, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
+            lines.append(f"{full}: unknown key; {fix} (valid keys: {', '.join(valid)})")
+        else:
+            got = e.get("input")
+            lines.append(f"{full}: {e['msg']} but got {got!r}")
+    # A union reports one line per branch; keep each message once.
+    return list(dict.fromkeys(lines))
+
+
+def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config") -> TrainConfig:
+    """Validate a nested mapping into a TrainConfig, raising ConfigError naming every bad key."""
+    try:
+        return TrainConfig.model_validate(dict(data or {}))
+    except ValidationError as err:
+        problems = format_validation_error(err, TrainConfig)
+        raise ConfigError(f"{source}: " + "\n  ".join(problems)) from None
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`train.lr`, `model.locality.act`) in a nested mapping, returning a copy.
+
+    A mapping value is merged into what is already there (so `model.locality: {act: relu6}` keeps
+    the other locality knobs); any other value, `None` included, replaces it.
+    """
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping):
+            node[leaf] = _deep_merge(dict(node[leaf]), value)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return out
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
+
+
+def parse_set_args(items: Sequence[str]) -> dict[str, Any]:
+    """Parse `key.path=value` strings; values are YAML scalars/lists (`1e-3`, `false`, `[1, 2]`)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(
+                f"--set {item!r}: expected key.path=value (for example --set train.lr=1e-3)"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        # YAML 1.1 reads `1e-3` (no dot) as a string; a researcher means the number.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value):
+            value = float(value)
+        out[key] = value
+    return out
