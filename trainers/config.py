@@ -27,6 +27,7 @@ __all__ = [
     "DataConfig",
     "LocalityConfig",
     "ModelConfig",
+    "ModelConfigError",
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
@@ -44,6 +45,10 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key path and how to fix it."""
 
 
+class ModelConfigError(ConfigError):
+    """A model name, locality knob or architecture override is not valid for the model."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,8 +59,9 @@ class LocalityConfig(_Frozen):
     act: Literal["relu6", "hs", "hs+se", "hs+eca", "hs+ecah"] | None = None
     # gamma: hidden width = expansion * dim.
     expansion: int | None = Field(default=None, gt=0)
-    # SE hidden width = expansion * dim // reduction.
-    reduction: int | None = Field(default=None, gt=0)
+    # SE hidden width = expansion * dim // reduction; "dim" or "dim/N" is relative to each block's
+    # width (the hierarchical backbones' rule).
+    reduction: Union[int, str, None] = None
     # Which transformer blocks get the locality FFN: "all", a 1-based range "1-4", or a list.
     layers: Union[str, list[int], int, None] = None
     dw_conv: bool | None = None

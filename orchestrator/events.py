@@ -1,0 +1,54 @@
+"""What the driver knows about a trial, and the narrow interface every result sink implements.
+
+The runner turns Ray Tune's callbacks into these plain events; the MLflow sink (`tracking.py`), the
+Parquet sink (`tables.py`) and the live progress (`progress.py`) consume them. Sinks never see Ray
+objects, so each one is testable without a cluster, and all of them run in the driver only.
+Sinks are idempotent by trial key (and epoch): replaying events after a `--resume` must not create
+a second MLflow run or a second set of Parquet rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol
+
+__all__ = ["TrialInfo", "TrialOutcome", "Sink", "TrialStatus"]
+
+# completed: ran all its epochs; stopped: the scheduler (ASHA) ended it early; failed: it raised.
+TrialStatus = Literal["completed", "stopped", "failed"]
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    key: str                        # stable short hash of the resolved trial config
+    arm: str                        # "baseline", "act=relu6", "hpo", ...
+    seed: int
+    config: Mapping[str, Any]       # the resolved TrainConfig as a nested JSON-able dict
+    backbone: str                   # model.backbone of the config
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags (e.g. sampled hyper-params)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    key: str
+    status: TrialStatus
+    stop_reason: str                # "completed all N epochs", "asha: ... at epoch k", the error
+    epochs_run: int
+    wall_time_s: float
+    final: Mapping[str, float]      # last reported value of every metric
+    best: Mapping[str, float]       # best value of the spec's metric (key = metric name)
+    params: int | None = None
+    macs: int | None = None
+
+
+class Sink(Protocol):
+    def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
+              metric: str, mode: str, total_trials: int | None) -> None: ...
+
+    def trial_started(self, info: TrialInfo) -> None: ...
+
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None: ...
+
+    def trial_finished(self, outcome: TrialOutcome) -> None: ...
+
+    def finish(self, *, interrupted: bool = False) -> None: ...

@@ -1,0 +1,228 @@
+"""The locality feed-forward block of LocalViT (Li et al., arXiv 2104.05707, section 3).
+
+A transformer block's `norm2 + MLP` treats each token alone. The locality FFN reshapes the patch
+tokens back into their image grid and runs 1x1 conv -> BN -> act -> 3x3 depth-wise conv -> BN -> act
+-> (optional SE / ECA channel attention) -> 1x1 conv -> BN, with its own residual and no LayerNorm
+before it, so every token also sees its 8 neighbours. Prefix tokens (class / distillation) bypass
+it unchanged. Every ablation knob of the paper is a field of `LocalitySpec`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .config import ACTIVATIONS, LocalityConfig, ModelConfigError
+
+__all__ = [
+    "ACTIVATIONS",
+    "ECA",
+    "LocalityFeedForward",
+    "LocalitySpec",
+    "SqueezeExcite",
+    "merge_locality",
+    "resolve_layers",
+]
+
+
+@dataclass(frozen=True)
+class LocalitySpec:
+    """A fully resolved locality FFN configuration.
+
+    `reduction` is an int (SE hidden width = expansion * dim // reduction) or a rule relative to the
+    block width for hierarchical backbones: "dim" (PVT: SE hidden = expansion) or "dim/4" (Swin).
+    `layers` is "all", a 1-based inclusive range "a-b", or a tuple of 1-based block indices.
+    """
+
+    act: str = "hs+se"
+    expansion: int = 4
+    reduction: int | str = 4
+    layers: str | tuple[int, ...] = "all"
+    dw_conv: bool = True
+
+    def __post_init__(self) -> None:
+        if self.act not in ACTIVATIONS:
+            raise ModelConfigError(
+                f"locality.act must be one of {', '.join(ACTIVATIONS)} but got {self.act!r}"
+            )
+        if not isinstance(self.expansion, int) or self.expansion < 1:
+            raise ModelConfigError(
+                f"locality.expansion must be a positive integer but got {self.expansion!r}"
+            )
+        _check_reduction(self.reduction)
+
+    def se_hidden(self, dim: int) -> int:
+        """Width of the SE bottleneck for a block of width `dim`."""
+        hidden = self.expansion * dim
+        if isinstance(self.reduction, str):
+            divisor = int(self.reduction.split("/")[1]) if "/" in self.reduction else 1
+            reduction = dim // divisor
+        else:
+            reduction = self.reduction
+        return max(1, hidden // reduction)
+
+
+_REDUCTION_RULE = re.compile(r"dim(/[1-9]\d*)?")
+
+
+def _check_reduction(value: Any) -> None:
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and value > 0)
+        or (isinstance(value, str) and _REDUCTION_RULE.fullmatch(value))
+    ):
+        raise ModelConfigError(
+            "locality.reduction must be a positive integer (SE hidden = expansion*dim // reduction) "
+            f"or 'dim' / 'dim/N' (relative to each block's width) but got {value!r}"
+        )
+
+
+def resolve_layers(layers: str | int | Iterable[int], depth: int) -> frozenset[int]:
+    """1-based block selection -> 0-based indices; raises ModelConfigError outside 1..depth."""
+    valid = f"'all', a range like '1-{depth}', or a list of block numbers in 1..{depth}"
+    if isinstance(layers, str):
+        text = layers.strip().lower()
+        if text == "all":
+            return frozenset(range(depth))
+        if text == "none":
+            return frozenset()
+        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if not 1 <= lo <= hi <= depth:
+                raise ModelConfigError(
+                    f"locality.layers range {layers!r} is outside this model's {depth} blocks; "
+                    f"use {valid}"
+                )
+            return frozenset(range(lo - 1, hi))
+        parts = [p for p in re.split(r"[,\s]+", text) if p]
+        if parts and all(p.isdigit() for p in parts):
+            return resolve_layers([int(p) for p in parts], depth)
+        raise ModelConfigError(f"locality.layers must be {valid} but got {layers!r}")
+    if isinstance(layers, bool):
+        raise ModelConfigError(f"locality.layers must be {valid} but got {layers!r}")
+    items = [layers] if isinstance(layers, int) else list(layers)
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= depth]
+    if bad or not items:
+        raise ModelConfigError(
+            f"locality.layers {layers!r} is outside this model's {depth} blocks; use {valid}"
+        )
+    return frozenset(i - 1 for i in items)
+
+
+def merge_locality(
+    family_default: LocalitySpec,
+    variant_default: LocalitySpec | None,
+    override: Any = "default",
+) -> LocalitySpec | None:
+    """Resolve the `locality` argument of create_model.
+
+    "default" keeps the variant's own setting (None for a plain backbone); None turns locality
+    off; a mapping / LocalityConfig / LocalitySpec switches it on, its set fields overriding the
+    variant's knobs (or the family defaults for a plain backbone).
+    """
+    if isinstance(override, str) and override == "default":
+        return variant_default
+    if override is None:
+        return None
+    if isinstance(override, LocalitySpec):
+        return override
+    if isinstance(override, LocalityConfig):
+        knobs = override.model_dump(exclude_none=True)
+    elif isinstance(override, Mapping):
+        knobs = {k: v for k, v in override.items() if v is not None}
+        unknown = sorted(set(knobs) - set(LocalitySpec.__dataclass_fields__))
+        if unknown:
+            raise ModelConfigError(
+                f"unknown locality knob(s) {', '.join(unknown)}; valid knobs: "
+                f"{', '.join(LocalitySpec.__dataclass_fields__)}"
+            )
+    else:
+        raise ModelConfigError(
+            f"locality must be 'default', null or a mapping of knobs but got {override!r}"
+        )
+    if isinstance(knobs.get("layers"), list):
+        knobs["layers"] = tuple(knobs["layers"])
+    return replace(variant_default or family_default, **knobs)
+
+
+class SqueezeExcite(nn.Module):
+    """SE over channels: pool -> Linear -> ReLU -> Linear -> h-sigmoid gate (with biases)."""
+
+    def __init__(self, channels: int, hidden: int, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Linear(channels, hidden, **kw)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels, **kw)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.mean(dim=(2, 3))  # (B, C)
+        w = self.gate(self.fc2(self.act(self.fc1(w))))
+        return x * w[:, :, None, None]
+
+
+class ECA(nn.Module):
+    """Efficient channel attention: pool -> 1-D conv (k=3, no bias) across channels -> gate."""
+
+    def __init__(self, channels: int, hard_gate: bool = False, kernel_size: int = 3,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False,
+                              device=device, dtype=dtype)
+        self.gate = nn.Hardsigmoid() if hard_gate else nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C)
+        w = self.gate(self.conv(w)).squeeze(1)  # (B, C)
+        return x * w[:, :, None, None]
+
+
+def _activation(act: str) -> nn.Module:
+    return nn.ReLU6(inplace=True) if act == "relu6" else nn.Hardswish(inplace=True)
+
+
+class LocalityFeedForward(nn.Module):
+    """Replaces `norm2 + MLP` of a transformer block; includes its own residual connection.
+
+    forward(x, grid, num_prefix_tokens): x is (B, P + H*W, C) with P prefix tokens first and the
+    patch tokens in row-major order of the (H, W) grid.
+    """
+
+    def __init__(self, dim: int, spec: LocalitySpec, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        hidden = spec.expansion * dim
+        layers: list[nn.Module] = [
+            nn.Conv2d(dim, hidden, 1, bias=False, **kw),
+            nn.BatchNorm2d(hidden, **kw),
+            _activation(spec.act),
+        ]
+        if spec.dw_conv:
+            layers += [
+                nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False, **kw),
+                nn.BatchNorm2d(hidden, **kw),
+                _activation(spec.act),
+            ]
+        if spec.act == "hs+se":
+            layers.append(SqueezeExcite(hidden, spec.se_hidden(dim), **kw))
+        elif spec.act in ("hs+eca", "hs+ecah"):
+            layers.append(ECA(hidden, hard_gate=spec.act == "hs+ecah", **kw))
+        layers += [nn.Conv2d(hidden, dim, 1, bias=False, **kw), nn.BatchNorm2d(dim, **kw)]
+        self.conv = nn.Sequential(*layers)
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
+                ) -> torch.Tensor:
+        height, width = grid
+        prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+        batch, n, channels = tokens.shape
+        assert n == height * width, f"{n} tokens do not fill a {height}x{width} grid"
+        img = tokens.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
+        img = img + self.conv(img)
+        tokens = img.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return torch.cat([prefix, tokens], dim=1) if num_prefix_tokens else tokens
