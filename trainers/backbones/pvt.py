@@ -1,0 +1,323 @@
+"""Pyramid Vision Transformer v1 (Wang et al., ICCV 2021) with an optional locality FFN (LocalViT).
+
+PVT v1 is four stages; each stage embeds patches with a strided conv + LayerNorm, adds its own
+learned position embedding and runs blocks whose attention takes keys and values from a
+spatially reduced grid (Conv2d k = s = sr_ratio + LayerNorm). The class token joins at stage 4
+(created at stage 4's width, one extra position slot) and the classifier reads it. timm has no PVT
+v1, so it is written here; the tiny row matches the authors' model to the last parameter
+(13,229,288; LocalViT-PVT 13,456,152, REFERENCE.md section 3).
+
+In LocalViT-PVT (Li et al., arXiv 2104.05707) each selected block's `norm2 + MLP` becomes the
+locality FFN with gamma = the stage's MLP ratio and SE hidden = gamma (reduction "dim"); the stage-4
+class token bypasses it. Token grids are passed explicitly, so non-square inputs work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import prod
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+
+from ..config import ModelConfigError
+from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
+
+__all__ = [
+    "PVTArch",
+    "PVT_ARCHS",
+    "PyramidVisionTransformer",
+    "build_pvt",
+    "check_pvt_img_size",
+    "pvt_depth",
+]
+
+
+@dataclass(frozen=True)
+class PVTArch:
+    """One PVT v1 size; every per-stage tuple has one entry per stage."""
+
+    patch_sizes: tuple[int, ...]
+    embed_dims: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    mlp_ratios: tuple[int, ...]
+    depths: tuple[int, ...]
+    sr_ratios: tuple[int, ...]
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6  # block and final LayerNorms (patch-embed and SR norms use 1e-5)
+    img_size: int = 224
+
+    def __post_init__(self) -> None:
+        fields = ("patch_sizes", "embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios")
+        lengths = {name: len(getattr(self, name)) for name in fields}
+        if len(set(lengths.values())) != 1:
+            raise ModelConfigError(
+                f"PVT per-stage settings must all have one entry per stage but got lengths {lengths}"
+            )
+        for name in fields:
+            values = getattr(self, name)
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ModelConfigError(
+                    f"PVT {name} must be positive integers but got {values!r}"
+                )
+        for dim, heads in zip(self.embed_dims, self.num_heads):
+            if dim % heads:
+                raise ModelConfigError(
+                    f"PVT embed_dims must be divisible by num_heads stage by stage but got "
+                    f"{self.embed_dims} and {self.num_heads}"
+                )
+
+
+PVT_ARCHS: dict[str, PVTArch] = {
+    # PVT-Tiny, Wang et al. 2021 Table 1 (the authors' `pvt_tiny`).
+    "pvt_tiny": PVTArch(
+        patch_sizes=(4, 2, 2, 2), embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4), depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1),
+    ),
+    # CPU smoke size: same four-stage layout, one block per stage, 16-32 px inputs.
+    "pvt_micro": PVTArch(
+        patch_sizes=(2, 2, 2, 2), embed_dims=(32, 48, 64, 96), num_heads=(1, 2, 2, 4),
+        mlp_ratios=(4, 4, 2, 2), depths=(1, 1, 1, 1), sr_ratios=(4, 2, 1, 1), img_size=32,
+    ),
+}
+
+
+def pvt_depth(arch: PVTArch) -> int:
+    """Transformer blocks in forward order (the range of the locality `layers` knob)."""
+    return sum(arch.depths)
+
+
+def _pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(img_size, int):
+        return img_size, img_size
+    height, width = img_size
+    return int(height), int(width)
+
+
+def check_pvt_img_size(arch: PVTArch, img_size: int | tuple[int, int] | None
+                       ) -> list[tuple[int, int]]:
+    """Token grid of every stage for `img_size`; ModelConfigError if the model cannot take it."""
+    height, width = _pair(arch.img_size if img_size is None else img_size)
+    stride = prod(arch.patch_sizes)
+    # Every stage's side must stay >= its spatial-reduction ratio (at least one key/value token).
+    min_side = max(stride, *(prod(arch.patch_sizes[: i + 1]) * r
+                             for i, r in enumerate(arch.sr_ratios)))
+    ok = height > 0 and width > 0 and height % stride == 0 and width % stride == 0
+    ok = ok and min(height, width) >= min_side
+    if not ok:
+        raise ModelConfigError(
+            f"PVT with patch sizes {arch.patch_sizes} and spatial-reduction ratios "
+            f"{arch.sr_ratios} needs image sides that are multiples of {stride} and at least "
+            f"{min_side} px but got {height}x{width}; use e.g. {max(min_side, stride)} or "
+            f"{arch.img_size}"
+        )
+    grids = []
+    for patch in arch.patch_sizes:
+        height, width = height // patch, width // patch
+        grids.append((height, width))
+    return grids
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(k = s = patch, with bias) + LayerNorm: (B, C, H, W) -> (B, H/p * W/p, D)."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(x)  # (B, D, H', W')
+        grid = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid  # (B, H'*W', D)
+
+
+class SpatialReductionAttention(nn.Module):
+    """Multi-head attention whose keys / values come from the grid shrunk by `sr_ratio`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, sr_ratio: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
+                ) -> torch.Tensor:
+        batch, n, dim = x.shape
+        head_dim = dim // self.num_heads
+        q = self.q(x).reshape(batch, n, self.num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+        source = x
+        if self.sr_ratio > 1:
+            prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+            img = tokens.transpose(1, 2).reshape(batch, dim, *grid)  # (B, C, H, W)
+            reduced = self.norm(self.sr(img).flatten(2).transpose(1, 2))  # (B, H*W/r^2, C)
+            source = torch.cat([prefix, reduced], dim=1)
+        kv = self.kv(source).reshape(batch, -1, 2, self.num_heads, head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, M, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        return self.proj(out.transpose(1, 2).reshape(batch, n, dim))
+
+
+class PVTBlock(nn.Module):
+    """Pre-norm block: SR attention, then either LN + GELU MLP or the locality FFN."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, qkv_bias: bool, sr_ratio: int,
+                 norm_eps: float, drop_path: float, locality: LocalitySpec | None) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SpatialReductionAttention(dim, num_heads, qkv_bias, sr_ratio)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.locality = locality is not None
+        if locality is not None:
+            self.ffn = LocalityFeedForward(dim, locality)
+        else:
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
+                ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid, num_prefix_tokens))
+        if self.locality:
+            # The locality FFN carries its own residual; drop-path stays on attention only.
+            return self.ffn(x, grid, num_prefix_tokens)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PVTStage(nn.Module):
+    """Patch embedding + learned position embedding (+ class token slot) + blocks."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int, grid: tuple[int, int],
+                 num_prefix_tokens: int, blocks: list[PVTBlock]) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(in_chans, dim, patch)
+        self.grid = grid
+        self.num_prefix_tokens = num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens + grid[0] * grid[1], dim))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, grid = self.patch_embed(x)
+        if grid != self.grid:
+            raise ValueError(
+                f"this PVT was built for {self.grid} token grids at this stage but the input "
+                f"gives {grid}; build the model with the input's img_size"
+            )
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
+        x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x, grid, self.num_prefix_tokens)
+        return x, grid
+
+
+class PyramidVisionTransformer(nn.Module):
+    """PVT v1 classifier; `locality` (one spec, or None) selects blocks by `spec.layers`."""
+
+    def __init__(self, arch: PVTArch, *, locality: LocalitySpec | None = None,
+                 expansion_from: str = "mlp_ratio", num_classes: int = 1000,
+                 img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
+                 in_chans: int = 3) -> None:
+        super().__init__()
+        if expansion_from not in ("mlp_ratio", "spec"):
+            raise ModelConfigError(
+                f"expansion_from must be 'mlp_ratio' or 'spec' but got {expansion_from!r}"
+            )
+        grids = check_pvt_img_size(arch, img_size)
+        depth = pvt_depth(arch)
+        selected = resolve_layers(locality.layers, depth) if locality is not None else frozenset()
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = arch.embed_dims[-1]
+        self.img_size = _pair(arch.img_size if img_size is None else img_size)
+        stages, index, width = [], 0, in_chans
+        for s, dim in enumerate(arch.embed_dims):
+            spec = None
+            if locality is not None:
+                # LocalViT-PVT: gamma is the stage's MLP ratio unless the caller asks for the spec's.
+                gamma = arch.mlp_ratios[s] if expansion_from == "mlp_ratio" else locality.expansion
+                spec = replace(locality, expansion=gamma)
+            blocks = []
+            for _ in range(arch.depths[s]):
+                blocks.append(PVTBlock(
+                    dim, arch.num_heads[s], arch.mlp_ratios[s], arch.qkv_bias, arch.sr_ratios[s],
+                    arch.norm_eps, rates[index], spec if index in selected else None,
+                ))
+                index += 1
+            last = s == len(arch.embed_dims) - 1
+            stages.append(PVTStage(width, dim, arch.patch_sizes[s], grids[s], int(last), blocks))
+            width = dim
+        self.stages = nn.ModuleList(stages)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.num_features))
+        self.norm = nn.LayerNorm(self.num_features, eps=arch.norm_eps)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.default_cfg = {
+            "input_size": (in_chans, *self.img_size), "num_classes": num_classes,
+            "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+            "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
+        }
+        for stage in self.stages:
+            trunc_normal_(stage.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        last = len(self.stages) - 1
+        for s, stage in enumerate(self.stages):
+            prefix = self.cls_token.expand(batch, -1, -1) if s == last else None
+            x, grid = stage(x, prefix)
+            if s < last:
+                x = x.transpose(1, 2).reshape(batch, -1, *grid)  # (B, C, H, W) for the next stage
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # The authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms.
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def build_pvt(arch: PVTArch, *, locality: LocalitySpec | None = None, num_classes: int = 1000,
+              img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
+              in_chans: int = 3, expansion_from: str = "mlp_ratio") -> PyramidVisionTransformer:
+    """Build PVT v1 (locality=None) or LocalViT-PVT.
+
+    `expansion_from="mlp_ratio"` (the paper) sets each stage's gamma to its MLP ratio and ignores
+    `locality.expansion`; "spec" uses `locality.expansion` in every stage (an expansion ablation).
+    """
+    return PyramidVisionTransformer(
+        arch, locality=locality, expansion_from=expansion_from, num_classes=num_classes,
+        img_size=img_size, drop_path_rate=drop_path_rate, in_chans=in_chans,
+    )
