@@ -1,0 +1,329 @@
+"""Tokens-to-Token ViT (Yuan et al., ICCV 2021) with Performer token layers and optional locality.
+
+The T2T module soft-splits the image into overlapping patches (nn.Unfold), re-structures the
+tokens with a Performer token layer (one head, positive random-feature attention with a frozen
+orthogonal projection), folds them back to their grid and soft-splits again; a Linear projects
+the last split to the backbone width. The backbone is a plain ViT with a class token and a frozen
+sinusoid position embedding. timm has no T2T-ViT, so it is written here; T2T-ViT-7 matches the
+authors' model to the last parameter (REFERENCE.md section 3).
+
+LocalViT-T2T (Li et al., arXiv 2104.05707) swaps the backbone blocks' `norm2 + MLP` for the
+locality FFN (gamma 2, hs+se, SE hidden 4) and each token layer's `norm2 + MLP` for a gamma-1
+h-swish locality FFN on the token grid (56x56, then 28x28 at 224 px). The authors' code keeps the
+then unused LayerNorm(64) in both token layers (256 parameters that receive no gradient); this
+module does not create it, so LocalViT-T2T-7 has 256 fewer parameters than theirs.
+
+The frozen random projection and position embedding are non-trainable nn.Parameters, as in the
+authors' code: they count in `model.parameters()` but have requires_grad=False.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Attention, DropPath, Mlp, trunc_normal_
+from torch import nn
+
+from ..config import ModelConfigError
+from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
+
+__all__ = [
+    "PerformerTokenLayer",
+    "T2TArch",
+    "T2T_ARCHS",
+    "T2TViT",
+    "TokensToToken",
+    "build_t2t",
+    "check_t2t_img_size",
+    "sinusoid_position_embedding",
+    "t2t_depth",
+]
+
+
+@dataclass(frozen=True)
+class T2TArch:
+    """One T2T-ViT size. `soft_splits` are (kernel, stride, padding) of each nn.Unfold, in order;
+    a Performer token layer sits between consecutive splits."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    token_dim: int = 64
+    kernel_ratio: float = 0.5  # random features m = token_dim * kernel_ratio
+    soft_splits: tuple[tuple[int, int, int], ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+    qkv_bias: bool = False
+    norm_eps: float = 1e-5
+    token_drop: float = 0.1  # the authors' fixed dropout inside the Performer token layers
+    img_size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ModelConfigError(
+                f"T2T embed_dim must be divisible by num_heads but got {self.embed_dim} and "
+                f"{self.num_heads}"
+            )
+        if len(self.soft_splits) < 2 or any(
+            len(s) != 3 or s[0] < 1 or s[1] < 1 or s[2] < 0 for s in self.soft_splits
+        ):
+            raise ModelConfigError(
+                "T2T soft_splits must be at least two (kernel>=1, stride>=1, padding>=0) triples "
+                f"but got {self.soft_splits!r}"
+            )
+        if int(self.token_dim * self.kernel_ratio) < 1:
+            raise ModelConfigError(
+                f"T2T token_dim * kernel_ratio must give at least one random feature but got "
+                f"{self.token_dim} * {self.kernel_ratio}"
+            )
+
+
+T2T_ARCHS: dict[str, T2TArch] = {
+    # T2T-ViT-7, Yuan et al. 2021 Table 1 (Performer token layers, the authors' `T2t_vit_7`).
+    "t2t_vit_7": T2TArch(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
+    # CPU smoke size: gentler splits so 8-32 px inputs keep a useful grid (32 px -> 16, 8, 8x8).
+    "t2t_vit_micro": T2TArch(
+        embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0, token_dim=32,
+        soft_splits=((3, 2, 1), (3, 2, 1), (3, 1, 1)), img_size=32,
+    ),
+}
+
+
+def t2t_depth(arch: T2TArch) -> int:
+    """Backbone blocks (the range of `locality.layers`); token layers use `token_locality`."""
+    return arch.depth
+
+
+def _pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(img_size, int):
+        return img_size, img_size
+    height, width = img_size
+    return int(height), int(width)
+
+
+def check_t2t_img_size(arch: T2TArch, img_size: int | tuple[int, int] | None
+                       ) -> list[tuple[int, int]]:
+    """Token grid after every soft split; ModelConfigError if a split would leave no tokens."""
+    height, width = _pair(arch.img_size if img_size is None else img_size)
+    grids = []
+    for kernel, stride, padding in arch.soft_splits:
+        height = (height + 2 * padding - kernel) // stride + 1
+        width = (width + 2 * padding - kernel) // stride + 1
+        if height < 1 or width < 1:
+            kernel0, _, padding0 = arch.soft_splits[0]
+            raise ModelConfigError(
+                f"T2T-ViT soft splits {arch.soft_splits} leave no tokens for a "
+                f"{_pair(arch.img_size if img_size is None else img_size)} image; use at least "
+                f"{kernel0 - 2 * padding0 + 1} px per side (default {arch.img_size})"
+            )
+        grids.append((height, width))
+    return grids
+
+
+def sinusoid_position_embedding(n_positions: int, dim: int) -> torch.Tensor:
+    """(1, n_positions, dim): sin on even channels, cos on odd, wavelengths 10000^(2i/dim)."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
+    angle = position / torch.pow(10000.0, exponent)[None, :]  # (N, D)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float().unsqueeze(0)
+
+
+class PerformerTokenLayer(nn.Module):
+    """LayerNorm -> single-head Performer attention (skip from v) -> LN + MLP or locality FFN."""
+
+    def __init__(self, in_dim: int, dim: int, kernel_ratio: float, drop: float,
+                 locality: LocalitySpec | None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(in_dim)
+        self.kqv = nn.Linear(in_dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(drop)
+        self.num_features = int(dim * kernel_ratio)
+        projection = nn.init.orthogonal_(torch.empty(self.num_features, dim))
+        # Frozen, like the authors': counted in parameters(), never trained.
+        self.random_features = nn.Parameter(projection * math.sqrt(self.num_features),
+                                            requires_grad=False)
+        self.locality = locality is not None
+        if locality is not None:
+            self.ffn = LocalityFeedForward(dim, locality)
+        else:
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = Mlp(dim, dim, drop=(0.0, drop))
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Positive random features of the softmax kernel: exp(w.x - |x|^2 / 2) / sqrt(m)."""
+        half_norm = (x * x).sum(dim=-1, keepdim=True) / 2  # (B, T, 1)
+        return torch.exp(x @ self.random_features.t() - half_norm) / math.sqrt(self.num_features)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        k, q, v = self.kqv(x).split(self.dim, dim=-1)  # each (B, T, dim)
+        # exp() of fp16 logits overflows; the kernel runs in fp32 even under autocast.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            kf, qf, vf = k.float(), q.float(), v.float()
+            kp, qp = self._feature_map(kf), self._feature_map(qf)  # (B, T, m)
+            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
+            context = vf.transpose(1, 2) @ kp  # (B, dim, m)
+            y = (qp @ context.transpose(1, 2)) / (normaliser + 1e-8)  # (B, T, dim)
+        return v + self.proj_drop(self.proj(y.to(v.dtype)))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = self.attention(self.norm1(x))
+        if self.locality:
+            return self.ffn(x, grid, 0)
+        return x + self.mlp(self.norm2(x))
+
+
+class TokensToToken(nn.Module):
+    """Soft split -> token layer -> ... -> soft split -> Linear: image to (B, N, embed_dim)."""
+
+    def __init__(self, arch: T2TArch, in_chans: int, grids: list[tuple[int, int]],
+                 locality: LocalitySpec | None) -> None:
+        super().__init__()
+        n_layers = len(arch.soft_splits) - 1
+        selected = resolve_layers(locality.layers, n_layers) if locality is not None else ()
+        self.splits = nn.ModuleList(
+            nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in arch.soft_splits
+        )
+        layers, width = [], in_chans
+        for i in range(n_layers):
+            kernel = arch.soft_splits[i][0]
+            layers.append(PerformerTokenLayer(
+                width * kernel * kernel, arch.token_dim, arch.kernel_ratio, arch.token_drop,
+                locality if i in selected else None,
+            ))
+            width = arch.token_dim
+        self.layers = nn.ModuleList(layers)
+        last_kernel = arch.soft_splits[-1][0]
+        self.project = nn.Linear(arch.token_dim * last_kernel * last_kernel, arch.embed_dim)
+        self.grids = grids
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        x = self.splits[0](x).transpose(1, 2)  # (B, H1*W1, C*k*k)
+        for layer, split, grid in zip(self.layers, self.splits[1:], self.grids):
+            x = layer(x, grid)  # (B, H*W, token_dim)
+            x = x.transpose(1, 2).reshape(batch, -1, *grid)  # (B, token_dim, H, W)
+            x = split(x).transpose(1, 2)
+        return self.project(x)
+
+
+class T2TBlock(nn.Module):
+    """ViT block; with `locality` its `norm2 + MLP` is the locality FFN (drop-path on attn only)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
+                 norm_eps: float, drop_path: float, locality: LocalitySpec | None) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.locality = locality is not None
+        if locality is not None:
+            self.ffn = LocalityFeedForward(dim, locality)
+        else:
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
+                ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        if self.locality:
+            return self.ffn(x, grid, num_prefix_tokens)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class T2TViT(nn.Module):
+    """T2T-ViT classifier reading the class token."""
+
+    def __init__(self, arch: T2TArch, *, locality: LocalitySpec | None = None,
+                 token_locality: LocalitySpec | None = None, num_classes: int = 1000,
+                 img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
+                 in_chans: int = 3) -> None:
+        super().__init__()
+        grids = check_t2t_img_size(arch, img_size)
+        self.arch = arch
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = arch.embed_dim
+        self.img_size = _pair(arch.img_size if img_size is None else img_size)
+        self.grid = grids[-1]
+        self.tokens_to_token = TokensToToken(arch, in_chans, grids[:-1], token_locality)
+        n_tokens = self.grid[0] * self.grid[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.embed_dim))
+        self.pos_embed = nn.Parameter(sinusoid_position_embedding(n_tokens + 1, arch.embed_dim),
+                                      requires_grad=False)
+        selected = resolve_layers(locality.layers, arch.depth) if locality is not None else ()
+        rates = torch.linspace(0, drop_path_rate, arch.depth).tolist()
+        self.blocks = nn.ModuleList(
+            T2TBlock(arch.embed_dim, arch.num_heads, arch.mlp_ratio, arch.qkv_bias, arch.norm_eps,
+                     rates[i], locality if i in selected else None)
+            for i in range(arch.depth)
+        )
+        self.norm = nn.LayerNorm(arch.embed_dim, eps=arch.norm_eps)
+        self.head = nn.Linear(arch.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.default_cfg = {
+            "input_size": (in_chans, *self.img_size), "num_classes": num_classes,
+            "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+            "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
+        }
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"this T2T-ViT was built for {self.img_size} inputs (its sinusoid position "
+                f"embedding has {self.pos_embed.shape[1]} slots) but got {tuple(x.shape[-2:])}; "
+                "build it with the input's img_size"
+            )
+        x = self.tokens_to_token(x)  # (B, N, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x, self.grid, 1)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # The authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms.
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def build_t2t(arch: T2TArch, *, locality: LocalitySpec | None = None,
+              token_locality: LocalitySpec | None = None, num_classes: int = 1000,
+              img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
+              in_chans: int = 3) -> T2TViT:
+    """Build T2T-ViT (both localities None) or LocalViT-T2T.
+
+    `locality` governs the backbone blocks (its `layers` range over `t2t_depth(arch)` blocks);
+    `token_locality` the Performer token layers (its `layers` range over those layers).
+    """
+    return T2TViT(arch, locality=locality, token_locality=token_locality,
+                  num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path_rate,
+                  in_chans=in_chans)
