@@ -1,0 +1,347 @@
+"""The Parquet sink: one row per trial and one row per trial x epoch, for analysis and the report.
+
+Files in the sweep's own folder `<storage>/<name>/`:
+
+- `trials.parquet`: one row per finished trial (status completed | stopped | failed; a trial
+  still running has no row). Fixed columns (`TRIAL_FIELDS`): identity (`trial_key`, `sweep`,
+  `arm`, `seed`, `backbone`), outcome (`status`, `stop_reason`, `epochs_run`, `wall_time_s`,
+  `finished_at`), model size (`params`, `macs`), the spec's metric as `metric` (its name),
+  `mode`, `metric_final` (last reported value) and `metric_best` (best value by `mode`), every
+  metric's last value as JSON (`final_metrics`), the trial's extra `tags` and full nested
+  `config` as JSON, `versions` (struct of python, torch, timm, ray, mlflow, optuna) and
+  `git_commit`. Then one column `config.<dotted key>` per config leaf, holding the value as JSON
+  text: a fixed string type whatever the value (`model.locality.layers` may be "all", 3 or a
+  list), so the schema never changes between trials or runs. `read_trials` decodes them.
+- `epochs.parquet`: `trial_key`, `epoch`, then one float64 column per reported metric name.
+- `spec.yaml`: the resolved spec, headed by comments with the versions and git commit (comments,
+  so that the file stays a valid spec to run again).
+
+Rows are upserted by trial key and by (trial key, epoch): the sink loads what is on disk in
+`start()`, so replaying a trial after `--resume` replaces its rows instead of adding new ones.
+Every write goes to a temporary file in the same folder and is renamed over the target
+(`os.replace`), so a reader or a killed driver never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from orchestrator._flatten import encode_value, flatten_config
+from orchestrator._provenance import TRACKED_PACKAGES, provenance
+from orchestrator.events import TrialInfo, TrialOutcome
+
+__all__ = [
+    "CONFIG_PREFIX",
+    "EPOCH_FIELDS",
+    "TRIAL_FIELDS",
+    "ParquetSink",
+    "atomic_write_bytes",
+    "epochs_schema",
+    "read_epochs",
+    "read_trials",
+    "spec_yaml_text",
+    "trials_schema",
+    "write_spec_yaml",
+]
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+SPEC_FILE = "spec.yaml"
+CONFIG_PREFIX = "config."
+
+_VERSIONS_TYPE = pa.struct([pa.field(name, pa.string()) for name in ("python", *TRACKED_PACKAGES)])
+
+TRIAL_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("trial_key", pa.string(), nullable=False),
+    pa.field("sweep", pa.string()),
+    pa.field("arm", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("backbone", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("stop_reason", pa.string()),
+    pa.field("epochs_run", pa.int64()),
+    pa.field("wall_time_s", pa.float64()),
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("params", pa.int64()),
+    pa.field("macs", pa.int64()),
+    pa.field("metric", pa.string()),
+    pa.field("mode", pa.string()),
+    pa.field("metric_final", pa.float64()),
+    pa.field("metric_best", pa.float64()),
+    pa.field("final_metrics", pa.string()),
+    pa.field("tags", pa.string()),
+    pa.field("config", pa.string()),
+    pa.field("versions", _VERSIONS_TYPE),
+    pa.field("git_commit", pa.string()),
+)
+EPOCH_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("trial_key", pa.string(), nullable=False),
+    pa.field("epoch", pa.int64(), nullable=False),
+)
+_STATUSES = ("completed", "stopped", "failed")
+
+
+def trials_schema(config_keys: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The trials.parquet schema: the fixed fields, then one JSON string column per config key."""
+    extra = [pa.field(f"{CONFIG_PREFIX}{k}", pa.string()) for k in sorted(config_keys)]
+    return pa.schema([*TRIAL_FIELDS, *extra])
+
+
+def epochs_schema(metric_names: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The epochs.parquet schema: trial_key, epoch, then one float64 column per metric."""
+    return pa.schema([*EPOCH_FIELDS, *(pa.field(m, pa.float64()) for m in sorted(metric_names))])
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue().to_pybytes())
+
+
+def spec_yaml_text(spec: Mapping[str, Any], prov: Mapping[str, Any] | None = None) -> str:
+    """The resolved spec as YAML, headed by comment lines with the git commit and versions."""
+    prov = prov if prov is not None else provenance()
+    vers = ", ".join(f"{k} {v}" for k, v in dict(prov.get("versions") or {}).items())
+    header = (
+        "# Resolved sweep spec, written at "
+        f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}\n"
+        f"# git commit: {prov.get('git_commit') or 'unknown (not a git checkout)'}\n"
+        f"# versions: {vers}\n"
+    )
+    return header + yaml.safe_dump(_plain(spec), sort_keys=False, default_flow_style=False)
+
+
+def write_spec_yaml(storage_dir: str | os.PathLike, spec: Mapping[str, Any],
+                    prov: Mapping[str, Any] | None = None) -> Path:
+    """Write the resolved spec to `<storage_dir>/spec.yaml`, atomically, provenance as comments."""
+    path = Path(storage_dir) / SPEC_FILE
+    atomic_write_bytes(path, spec_yaml_text(spec, prov).encode())
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    """Mappings/sequences to dicts/lists so yaml.safe_dump accepts them (e.g. MappingProxyType)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out
+
+
+class ParquetSink:
+    """Writes trials.parquet / epochs.parquet / spec.yaml for one sweep (driver only).
+
+    `flush_interval_s`: epochs.parquet is rewritten when a trial finishes, on `finish()`, and at
+    most this often while epochs arrive, so a long trial's curve is on disk before it ends.
+    """
+
+    def __init__(self, flush_interval_s: float = 30.0) -> None:
+        self.flush_interval_s = flush_interval_s
+        self._dir: Path | None = None
+        self._sweep = ""
+        self._metric = ""
+        self._mode = "max"
+        self._prov: dict[str, Any] = {}
+        self._infos: dict[str, TrialInfo] = {}
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._epochs_dirty = False
+        self._last_flush = 0.0
+
+    # -- Sink protocol ---------------------------------------------------------------------------
+    def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
+              metric: str, mode: str, total_trials: int | None) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max' but got {mode!r}")
+        self._dir = Path(storage_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._sweep, self._metric, self._mode = sweep_name, metric, mode
+        self._prov = provenance()
+        self._trials = {r["trial_key"]: r for r in _read_rows(self._dir / TRIALS_FILE)}
+        self._epochs = {
+            (r["trial_key"], int(r["epoch"])): r for r in _read_rows(self._dir / EPOCHS_FILE)
+        }
+        write_spec_yaml(self._dir, spec, self._prov)
+        self._last_flush = time.monotonic()
+
+    def trial_started(self, info: TrialInfo) -> None:
+        self._infos[info.key] = info
+
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        row: dict[str, Any] = {"trial_key": key, "epoch": int(epoch)}
+        for name, value in metrics.items():
+            if name in ("trial_key", "epoch"):
+                continue
+            number = _float_or_none(value)
+            if number is not None:
+                row[name] = number
+        self._epochs[(key, int(epoch))] = row
+        self._epochs_dirty = True
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self._flush_epochs()
+
+    def trial_finished(self, outcome: TrialOutcome) -> None:
+        self._require_started()
+        if outcome.status not in _STATUSES:
+            raise ValueError(
+                f"trial {outcome.key}: status must be one of {', '.join(_STATUSES)} "
+                f"but got {outcome.status!r}"
+            )
+        # A restarted trial that got less far than its first attempt: drop the stale epochs.
+        stale = [k for k in self._epochs if k[0] == outcome.key and k[1] > outcome.epochs_run]
+        for k in stale:
+            del self._epochs[k]
+        self._trials[outcome.key] = self._trial_row(outcome)
+        self._write_trials()
+        self._flush_epochs()
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        if self._dir is None:
+            return
+        self._flush_epochs(force=True)
+
+    # -- rows ------------------------------------------------------------------------------------
+    def _require_started(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError("ParquetSink.start() must be called before trial events")
+        return self._dir
+
+    def _trial_row(self, outcome: TrialOutcome) -> dict[str, Any]:
+        info = self._infos.get(outcome.key)
+        previous = self._trials.get(outcome.key)
+        if info is None and previous is None:
+            raise ValueError(
+                f"trial {outcome.key} finished but was never started; the runner must call "
+                "trial_started(TrialInfo) before trial_finished for every trial"
+            )
+        row: dict[str, Any] = dict(previous or {})
+        if info is not None:
+            # Config columns of an earlier attempt are replaced, not merged.
+            row = {k: v for k, v in row.items() if not k.startswith(CONFIG_PREFIX)}
+            row.update(
+                arm=info.arm, seed=int(info.seed), backbone=info.backbone,
+                tags=json.dumps(dict(info.tags), sort_keys=True),
+                config=json.dumps(info.config, sort_keys=True, default=str),
+            )
+            for k, v in flatten_config(info.config).items():
+                row[f"{CONFIG_PREFIX}{k}"] = encode_value(v)
+        final_metric, best_metric = self._metric_values(outcome)
+        row.update(
+            trial_key=outcome.key, sweep=self._sweep, status=outcome.status,
+            stop_reason=outcome.stop_reason, epochs_run=int(outcome.epochs_run),
+            wall_time_s=float(outcome.wall_time_s),
+            finished_at=_dt.datetime.now(_dt.timezone.utc),
+            params=outcome.params, macs=outcome.macs,
+            metric=self._metric, mode=self._mode,
+            metric_final=final_metric, metric_best=best_metric,
+            final_metrics=json.dumps(
+                {k: _float_or_none(v) for k, v in outcome.final.items()}, sort_keys=True
+            ),
+            versions=dict(self._prov["versions"]), git_commit=self._prov["git_commit"],
+        )
+        return row
+
+    def _metric_values(self, outcome: TrialOutcome) -> tuple[float | None, float | None]:
+        """Final and best value of the spec's metric; from the epochs when the outcome lacks it."""
+        curve = [
+            (e, r[self._metric]) for (k, e), r in sorted(self._epochs.items())
+            if k == outcome.key and r.get(self._metric) is not None
+            and not math.isnan(r[self._metric])
+        ]
+        final = _float_or_none(outcome.final.get(self._metric))
+        if final is None and curve:
+            final = curve[-1][1]
+        best = _float_or_none(outcome.best.get(self._metric))
+        if best is None and curve:
+            values = [v for _, v in curve]
+            best = max(values) if self._mode == "max" else min(values)
+        return final, best
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _write_trials(self) -> None:
+        directory = self._require_started()
+        config_keys = sorted({
+            k[len(CONFIG_PREFIX):] for row in self._trials.values() for k in row
+            if k.startswith(CONFIG_PREFIX)
+        })
+        schema = trials_schema(config_keys)
+        rows = [self._trials[k] for k in sorted(self._trials)]
+        _write_table(directory / TRIALS_FILE, pa.Table.from_pylist(rows, schema=schema))
+
+    def _flush_epochs(self, force: bool = False) -> None:
+        directory = self._require_started()
+        if not (self._epochs_dirty or force) or (not self._epochs and not force):
+            return
+        names = sorted({k for row in self._epochs.values() for k in row} - {"trial_key", "epoch"})
+        rows = [self._epochs[k] for k in sorted(self._epochs)]
+        table = pa.Table.from_pylist(rows, schema=epochs_schema(names))
+        _write_table(directory / EPOCHS_FILE, table)
+        self._epochs_dirty = False
+        self._last_flush = time.monotonic()
+
+
+def _require_file(directory: str | os.PathLike, name: str) -> Path:
+    path = Path(directory) / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass the sweep's folder (<storage>/<name>/) of a sweep "
+            "that has finished at least one trial"
+        )
+    return path
+
+
+def read_trials(directory: str | os.PathLike, decode_config: bool = True):
+    """trials.parquet as a pandas DataFrame; `config.*` columns decoded from JSON by default."""
+    df = pq.read_table(_require_file(directory, TRIALS_FILE)).to_pandas()
+    if decode_config:
+        for col in [c for c in df.columns if c.startswith(CONFIG_PREFIX)]:
+            df[col] = df[col].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+    return df
+
+
+def read_epochs(directory: str | os.PathLike):
+    """epochs.parquet as a pandas DataFrame sorted by trial_key, epoch."""
+    return pq.read_table(_require_file(directory, EPOCHS_FILE)).to_pandas()
