@@ -20,7 +20,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
 from torch import nn
 
 from ..config import ModelConfigError
@@ -141,6 +141,9 @@ class SpatialReductionAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, sr_ratio: int) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        # timm's switch: F.scaled_dot_product_attention or explicit matmuls (same maths).
+        self.fused_attn = use_fused_attn()
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -162,7 +165,10 @@ class SpatialReductionAttention(nn.Module):
             source = torch.cat([prefix, reduced], dim=1)
         kv = self.kv(source).reshape(batch, -1, 2, self.num_heads, head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, M, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        else:
+            out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # (B, h, N, d)
         return self.proj(out.transpose(1, 2).reshape(batch, n, dim))
 
 
@@ -203,16 +209,18 @@ class PVTStage(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens + grid[0] * grid[1], dim))
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None
+    def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, tuple[int, int]]:
+        # The class token is passed as the parameter itself and expanded here: an expanded view
+        # made under no_grad trips torch's module tracker (used by the flop counter).
         x, grid = self.patch_embed(x)
         if grid != self.grid:
             raise ValueError(
                 f"this PVT was built for {self.grid} token grids at this stage but the input "
                 f"gives {grid}; build the model with the input's img_size"
             )
-        if prefix is not None:
-            x = torch.cat([prefix, x], dim=1)
+        if cls_token is not None:
+            x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x, grid, self.num_prefix_tokens)
@@ -285,8 +293,7 @@ class PyramidVisionTransformer(nn.Module):
         batch = x.shape[0]
         last = len(self.stages) - 1
         for s, stage in enumerate(self.stages):
-            prefix = self.cls_token.expand(batch, -1, -1) if s == last else None
-            x, grid = stage(x, prefix)
+            x, grid = stage(x, self.cls_token if s == last else None)
             if s < last:
                 x = x.transpose(1, 2).reshape(batch, -1, *grid)  # (B, C, H, W) for the next stage
         return self.norm(x)
