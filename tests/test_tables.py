@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.events import TrialOutcome
 from orchestrator.tables import (
     TRIAL_FIELDS,
     ParquetSink,
@@ -18,56 +18,11 @@ from orchestrator.tables import (
     read_epochs,
     read_trials,
 )
-from trainers.config import apply_overrides, train_config_from_dict
 
-METRIC = "val/top1"
-SPEC = {"name": "unit", "base": {"train": {"epochs": 3}}, "seeds": [0, 1],
-        "search": {"metric": METRIC, "mode": "max"}}
-
-
-def _info(key: str, arm: str, seed: int, overrides: dict) -> TrialInfo:
-    cfg = train_config_from_dict(apply_overrides({"train": {"epochs": 3}, "seed": seed}, overrides))
-    return TrialInfo(key=key, arm=arm, seed=seed, config=cfg.to_dict(),
-                     backbone=cfg.model.backbone, tags={"design": "ofat"})
-
-
-def _curve(key: str, n: int) -> list[tuple[str, int, dict]]:
-    return [(key, e, {METRIC: 0.5 + 0.1 * e, "train/loss": 1.0 / e, "lr": 1e-3})
-            for e in range(1, n + 1)]
-
-
-def scenario():
-    """(infos, epochs, outcomes): a completed, an ASHA-stopped and a failed trial."""
-    infos = [
-        _info("k_base", "baseline", 0, {"model.locality": None}),
-        _info("k_relu", "act=relu6", 0, {"model.locality": {"act": "relu6"}}),
-        _info("k_fail", "act=hs", 1, {"model.locality": {"act": "hs", "layers": [1, 2]}}),
-    ]
-    epochs = _curve("k_base", 3) + _curve("k_relu", 1) + _curve("k_fail", 2)
-    outcomes = [
-        TrialOutcome("k_base", "completed", "completed all 3 epochs", 3, 9.5,
-                     final={METRIC: 0.8, "train/loss": 1 / 3}, best={METRIC: 0.8},
-                     params=1234, macs=56789),
-        TrialOutcome("k_relu", "stopped", "asha: below the rung-1 cutoff at epoch 1", 1, 3.0,
-                     final={METRIC: 0.6}, best={METRIC: 0.6}, params=1300, macs=60000),
-        TrialOutcome("k_fail", "failed", "RuntimeError: boom", 2, 5.0,
-                     final={}, best={}, params=None, macs=None),
-    ]
-    return infos, epochs, outcomes
-
-
-def feed(sink, directory, events=None, finish=True) -> None:
-    infos, epochs, outcomes = events or scenario()
-    sink.start(sweep_name="unit", storage_dir=str(directory), spec=SPEC, metric=METRIC,
-               mode="max", total_trials=len(infos))
-    for info in infos:
-        sink.trial_started(info)
-    for key, epoch, metrics in epochs:
-        sink.epoch(key, epoch, metrics)
-    for outcome in outcomes:
-        sink.trial_finished(outcome)
-    if finish:
-        sink.finish()
+try:
+    from sink_scenario import METRIC, SPEC, curve, feed, scenario
+except ImportError:  # tests/ collected as a package
+    from tests.sink_scenario import METRIC, SPEC, curve, feed, scenario
 
 
 def test_one_row_per_trial_and_per_epoch(tmp_path):
@@ -106,7 +61,7 @@ def test_replay_by_a_new_sink_upserts_instead_of_appending(tmp_path):
     first = read_trials(tmp_path)
     infos, epochs, outcomes = scenario()
     # After --resume the stopped trial is replayed and this time runs to the end.
-    epochs = epochs + _curve("k_relu", 3)
+    epochs = epochs + curve("k_relu", 3)
     outcomes[1] = TrialOutcome("k_relu", "completed", "completed all 3 epochs", 3, 9.0,
                                final={METRIC: 0.8}, best={METRIC: 0.8}, params=1300, macs=60000)
     feed(ParquetSink(), tmp_path, (infos, epochs, outcomes))
@@ -123,7 +78,7 @@ def test_a_retry_that_ends_earlier_drops_the_stale_epochs(tmp_path):
     feed(ParquetSink(), tmp_path)
     infos, _, _ = scenario()
     sink = ParquetSink()
-    feed(sink, tmp_path, ([infos[0]], _curve("k_base", 1),
+    feed(sink, tmp_path, ([infos[0]], curve("k_base", 1),
                           [TrialOutcome("k_base", "failed", "OOM", 1, 1.0, {}, {})]))
     ep = read_epochs(tmp_path)
     assert sorted(ep[ep.trial_key == "k_base"].epoch) == [1]

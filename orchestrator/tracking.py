@@ -1,0 +1,305 @@
+"""The MLflow sink: one experiment per sweep, a parent run for the sweep, one child run per trial.
+
+Only the driver talks to MLflow (one writer: no SQLite lock contention, no duplicate runs), through
+an explicit `MlflowClient` and run ids, never the fluent active-run stack. Layout:
+
+- experiment = sweep name; parent run named after the sweep, tagged `sweep_role=parent`, with the
+  resolved spec as the artifact `spec.yaml` and the versions / git commit as tags;
+- child run per trial, named `<arm>/seed<k>`, nested under the parent (`mlflow.parentRunId`),
+  tagged `trial_key`, `arm`, `seed`, `backbone`, `status`, `stop_reason`, `epochs_run`; the
+  trial config flattened into dotted params (`model.locality.act`); every reported metric per
+  epoch with step = epoch; `params`, `macs`, `wall_time_s` and `best/<metric>` once at the end.
+
+ASHA ends a trial by stopping it, which MLflow would record as FINISHED like a completed one: the
+`status` tag (completed | stopped | failed) and `stop_reason` say which it was.
+
+Idempotent across `--resume`: `start()` finds the sweep's parent run by its tags and the existing
+child runs by their `trial_key` tag and reuses them; an epoch already in a reused run's history is
+not logged twice. So a trial key always has exactly one child run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from orchestrator._flatten import encode_value, flatten_config
+from orchestrator._provenance import provenance
+from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.tables import spec_yaml_text
+
+__all__ = ["MlflowSink", "default_tracking_uri", "mlflow_ui_command"]
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+ROLE_TAG = "sweep_role"        # "parent" | "trial"
+SWEEP_TAG = "sweep_name"
+# MLflow's batch and value limits (mlflow.utils.validation).
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAM_LEN = 6000
+_MAX_TAG_LEN = 8000
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def default_tracking_uri(storage_dir: str | os.PathLike) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `sqlite:///<absolute storage_dir>/mlflow.db`."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(storage_dir).resolve() / DB_FILE}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The exact shell command that shows this sweep's runs in a browser (bound to 127.0.0.1).
+
+    Job execution is switched off because the UI only browses runs here; one worker is enough
+    for one reader. For an http(s) tracking server there is nothing to start: open the URI.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    uri = tracking_uri
+    db = _sqlite_path(tracking_uri)
+    if db is not None:
+        uri = f"sqlite:///{db}"
+    return (
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui "
+        f"--backend-store-uri {shlex.quote(uri)} --workers 1 --host 127.0.0.1 --port 5000"
+    )
+
+
+def _quiet_mlflow() -> None:
+    """MLflow logs schema migrations and run links at INFO; the progress view owns the terminal."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _metric_name(name: str) -> str:
+    """A metric name MLflow accepts: allowed characters only, no path that normalises away."""
+    clean = _BAD_NAME_CHARS.sub("_", str(name))
+    clean = posixpath.normpath(clean).lstrip("/") if clean else "_"
+    return clean if clean not in ("", ".", "..") else "_"
+
+
+def _param_value(value: Any) -> str:
+    """Strings as they are, anything else as JSON (`0.001`, `null`, `[1, 2]`), within the limit."""
+    return (value if isinstance(value, str) else encode_value(value))[:_MAX_PARAM_LEN]
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class MlflowSink:
+    """Records a sweep in MLflow from the driver. Nothing MLflow is created before `start()`."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: Any = None
+        self._metric = ""
+        self._sweep = ""
+        self._runs: dict[str, str] = {}              # trial key -> child run id
+        self._has_params: set[str] = set()           # run ids whose params are already logged
+        self._reused: set[str] = set()               # run ids found from an earlier driver
+        self._logged_upto: dict[str, int] = {}       # run id -> last epoch already in MLflow
+        self._open: set[str] = set()                 # trial keys started and not finished here
+
+    # -- Sink protocol ---------------------------------------------------------------------------
+    def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
+              metric: str, mode: str, total_trials: int | None) -> None:
+        import mlflow  # noqa: F401  (imported here: ~3 s, and only the driver needs it)
+        from mlflow import MlflowClient
+
+        _quiet_mlflow()
+        if self.tracking_uri is None:
+            # storage_dir is the sweep's own folder <storage>/<name>/; the store is shared.
+            self.tracking_uri = default_tracking_uri(Path(storage_dir).resolve().parent)
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self._client = client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._metric, self._sweep = metric, sweep_name
+
+        exp = client.get_experiment_by_name(sweep_name)
+        if exp is None:
+            artifacts = (db.parent / ARTIFACTS_DIR / sweep_name).as_uri() if db else None
+            self.experiment_id = client.create_experiment(
+                sweep_name, artifact_location=artifacts, tags={SWEEP_TAG: sweep_name}
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+
+        prov = provenance()
+        # Compared here, not in the filter string, so a quote in the name cannot break the query.
+        parent = [r for r in self._search(f"tags.{ROLE_TAG} = 'parent'")
+                  if r.data.tags.get(SWEEP_TAG) == sweep_name]
+        tags = {
+            SWEEP_TAG: sweep_name, ROLE_TAG: "parent", "metric": metric, "mode": mode,
+            "total_trials": str(total_trials), "sweep_status": "running",
+            "git_commit": str(prov["git_commit"]),
+            **{f"version.{k}": str(v) for k, v in prov["versions"].items()},
+        }
+        if prov["git_commit"]:
+            tags["mlflow.source.git.commit"] = str(prov["git_commit"]).removesuffix("-dirty")
+        if parent:
+            self.parent_run_id = parent[0].info.run_id
+            client.update_run(self.parent_run_id, status="RUNNING")
+            self._set_tags(self.parent_run_id, tags)
+        else:
+            run = client.create_run(self.experiment_id, run_name=sweep_name, tags=tags)
+            self.parent_run_id = run.info.run_id
+        client.log_text(self.parent_run_id, spec_yaml_text(spec, prov), "spec.yaml")
+
+        # Earliest run per key wins, should an older bug ever have left two.
+        for run in sorted(self._search(f"tags.{ROLE_TAG} = 'trial'"),
+                          key=lambda r: r.info.start_time or 0):
+            key = run.data.tags.get("trial_key")
+            if key and key not in self._runs:
+                self._runs[key] = run.info.run_id
+                self._reused.add(run.info.run_id)
+                if run.data.params:
+                    self._has_params.add(run.info.run_id)
+
+    def trial_started(self, info: TrialInfo) -> None:
+        client = self._require_client()
+        tags = {
+            **{str(k): str(v) for k, v in info.tags.items()},
+            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self._sweep,
+            ROLE_TAG: "trial", "trial_key": info.key, "arm": info.arm, "seed": str(info.seed),
+            "backbone": info.backbone, "status": "running", "stop_reason": "",
+        }
+        run_id = self._runs.get(info.key)
+        if run_id is None:
+            run = client.create_run(
+                self.experiment_id, run_name=f"{info.arm}/seed{info.seed}", tags=tags
+            )
+            run_id = self._runs[info.key] = run.info.run_id
+        else:
+            client.update_run(run_id, status="RUNNING")
+            self._set_tags(run_id, tags)
+        if run_id not in self._has_params:
+            from mlflow.entities import Param
+
+            params = [Param(k, _param_value(v)) for k, v in flatten_config(info.config).items()]
+            for chunk in _chunks(params, _MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=chunk)
+            self._has_params.add(run_id)
+        self._open.add(info.key)
+
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        client = self._require_client()
+        run_id = self._run_of(key)
+        if int(epoch) <= self._already_logged(run_id):
+            return
+        now = int(time.time() * 1000)
+        batch = []
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    continue
+            batch.append(Metric(_metric_name(name), float(value), now, int(epoch)))
+        for chunk in _chunks(batch, _MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=chunk)
+        # A retried trial reports its epochs again: MLflow would keep both points per step.
+        self._logged_upto[run_id] = max(self._logged_upto[run_id], int(epoch))
+
+    def trial_finished(self, outcome: TrialOutcome) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        client = self._require_client()
+        run_id = self._run_of(outcome.key)
+        now = int(time.time() * 1000)
+        values: dict[str, float | int | None] = {
+            "params": outcome.params, "macs": outcome.macs, "wall_time_s": outcome.wall_time_s,
+            f"best/{self._metric}": outcome.best.get(self._metric),
+        }
+        metrics = [Metric(_metric_name(k), float(v), now, 0) for k, v in values.items()
+                   if v is not None]
+        tags = {"status": outcome.status, "stop_reason": outcome.stop_reason,
+                "epochs_run": str(outcome.epochs_run)}
+        client.log_batch(run_id, metrics=metrics,
+                         tags=[RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()])
+        client.set_terminated(run_id, "FAILED" if outcome.status == "failed" else "FINISHED")
+        self._open.discard(outcome.key)
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        if self._client is None:
+            return
+        for key in sorted(self._open):
+            run_id = self._runs[key]
+            self._set_tags(run_id, {"status": "interrupted",
+                                    "stop_reason": "the driver stopped before the trial finished"})
+            self._client.set_terminated(run_id, "KILLED")
+        self._open.clear()
+        self._set_tags(self.parent_run_id,
+                       {"sweep_status": "interrupted" if interrupted else "finished"})
+        self._client.set_terminated(self.parent_run_id, "KILLED" if interrupted else "FINISHED")
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("MlflowSink.start() must be called before trial events")
+        return self._client
+
+    def _run_of(self, key: str) -> str:
+        run_id = self._runs.get(key)
+        if run_id is None:
+            raise ValueError(
+                f"trial {key} has no MLflow run; the runner must call trial_started(TrialInfo) "
+                "before epoch or trial_finished events"
+            )
+        return run_id
+
+    def _already_logged(self, run_id: str) -> int:
+        """The last epoch a reused run has in MLflow (found once per run), else -1."""
+        if run_id not in self._logged_upto:
+            last = -1
+            if run_id in self._reused:
+                run = self._client.get_run(run_id)
+                for name in run.data.metrics:
+                    for m in self._client.get_metric_history(run_id, name):
+                        if not (name in ("params", "macs", "wall_time_s")
+                                or name.startswith("best/")):
+                            last = max(last, m.step)
+            self._logged_upto[run_id] = last
+        return self._logged_upto[run_id]
+
+    def _search(self, filter_string: str) -> list:
+        out, token = [], None
+        while True:
+            page = self._client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000,
+                page_token=token,
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
+        for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(run_id, tags=chunk)

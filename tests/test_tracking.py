@@ -1,0 +1,138 @@
+"""The MLflow sink: one child run per trial, reused on replay, tags that agree with Parquet."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from orchestrator.tables import ParquetSink, read_trials
+from orchestrator.tracking import MlflowSink, default_tracking_uri, mlflow_ui_command
+
+try:
+    from sink_scenario import METRIC, curve, feed, scenario
+except ImportError:  # tests/ collected as a package
+    from tests.sink_scenario import METRIC, curve, feed, scenario
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A sweep fed to both sinks, then replayed by fresh sinks as a `--resume` driver would."""
+    storage = tmp_path_factory.mktemp("sweeps")
+    sweep_dir = storage / "unit"
+    first = MlflowSink()  # default store: <storage>/mlflow.db, unless MLFLOW_TRACKING_URI is set
+    if first.tracking_uri is None:
+        first.tracking_uri = f"sqlite:///{storage / 'mlflow.db'}"
+    feed([first, ParquetSink()], sweep_dir)
+    replay = MlflowSink(first.tracking_uri)
+    feed([replay, ParquetSink()], sweep_dir)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(first.tracking_uri)
+    runs = client.search_runs([first.experiment_id], max_results=1000)
+    return {"sink": replay, "first": first, "client": client, "runs": runs, "dir": sweep_dir}
+
+
+def _children(recorded):
+    return [r for r in recorded["runs"] if r.data.tags.get("sweep_role") == "trial"]
+
+
+def test_one_parent_and_one_child_run_per_trial_key_after_replay(recorded):
+    assert recorded["sink"].experiment_id == recorded["first"].experiment_id
+    assert recorded["sink"].parent_run_id == recorded["first"].parent_run_id
+    parents = [r for r in recorded["runs"] if r.data.tags.get("sweep_role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = _children(recorded)
+    keys = sorted(r.data.tags["trial_key"] for r in children)
+    assert keys == ["k_base", "k_fail", "k_relu"]
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    names = {r.data.tags["trial_key"]: r.info.run_name for r in children}
+    assert names == {"k_base": "baseline/seed0", "k_relu": "act=relu6/seed0",
+                     "k_fail": "act=hs/seed1"}
+
+
+def test_tags_and_statuses_agree_with_the_parquet_rows(recorded):
+    trials = read_trials(recorded["dir"]).set_index("trial_key")
+    status_of = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
+    for run in _children(recorded):
+        tags = run.data.tags
+        row = trials.loc[tags["trial_key"]]
+        assert tags["arm"] == row["arm"]
+        assert tags["seed"] == str(row["seed"])
+        assert tags["backbone"] == row["backbone"]
+        assert tags["status"] == row["status"]
+        assert tags["stop_reason"] == row["stop_reason"]
+        assert tags["epochs_run"] == str(row["epochs_run"])
+        assert tags["design"] == "ofat"
+        # ASHA-stopped looks FINISHED to MLflow; the status tag tells it apart.
+        assert run.info.status == status_of[row["status"]]
+
+
+def test_params_are_flattened_and_epochs_logged_once_with_step_epoch(recorded):
+    client = recorded["client"]
+    runs = {r.data.tags["trial_key"]: r for r in _children(recorded)}
+    relu = runs["k_relu"]
+    assert relu.data.params["model.locality.act"] == "relu6"
+    assert relu.data.params["train.epochs"] == "3"
+    assert runs["k_fail"].data.params["model.locality.layers"] == "[1, 2]"
+    assert relu.data.metrics["params"] == 1300 and relu.data.metrics["macs"] == 60000
+    assert relu.data.metrics[f"best/{METRIC}"] == pytest.approx(0.6)
+    history = client.get_metric_history(runs["k_base"].info.run_id, METRIC)
+    # Fed twice (first driver + replay), in MLflow once per epoch.
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.6), (2, 0.7), (3, 0.8)]
+    assert len(client.get_metric_history(runs["k_fail"].info.run_id, "train/loss")) == 2
+
+
+def test_parent_run_has_the_spec_and_provenance(recorded, tmp_path):
+    client = recorded["client"]
+    parent_id = recorded["sink"].parent_run_id
+    tags = client.get_run(parent_id).data.tags
+    assert tags["sweep_name"] == "unit" and tags["metric"] == METRIC
+    assert tags["version.torch"] and tags["version.mlflow"]
+    assert "git_commit" in tags
+    path = client.download_artifacts(parent_id, "spec.yaml", str(tmp_path))
+    assert "search:" in open(path).read()
+
+
+def test_interrupted_sweep_marks_open_runs_killed_and_mlflow_stays_quiet(tmp_path, capfd):
+    infos, epochs, outcomes = scenario()
+    sink = MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # k_fail never finishes: the driver is stopped while it runs.
+    feed(sink, tmp_path / "unit", (infos, epochs, outcomes[:2]), finish=False)
+    sink.finish(interrupted=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", "MLflow wrote to the terminal"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sink.tracking_uri)
+    run = client.get_run(sink._runs["k_fail"])
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
+    parent = client.get_run(sink.parent_run_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep_status"] == "interrupted"
+    # The resumed driver finishes it in the same run.
+    resumed = MlflowSink(sink.tracking_uri)
+    feed(resumed, tmp_path / "unit", ([infos[2]], curve("k_fail", 2), [outcomes[2]]))
+    assert resumed._runs["k_fail"] == sink._runs["k_fail"]
+    run = client.get_run(sink._runs["k_fail"])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+
+
+def test_default_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_mlflow_ui_command_is_accepted_by_mlflow_ui(tmp_path):
+    from mlflow.cli import cli
+
+    uri = f"sqlite:///{tmp_path}/my sweeps/mlflow.db"
+    cmd = mlflow_ui_command(uri)
+    env, prog, sub, *args = shlex.split(cmd)
+    assert env == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" and (prog, sub) == ("mlflow", "ui")
+    # Parse (not run) the arguments with mlflow's own click command.
+    ctx = cli.get_command(None, "ui").make_context("ui", args)  # `ui` aliases `server`
+    assert ctx.params["backend_store_uri"] == uri
+    assert ctx.params["host"] == "127.0.0.1" and str(ctx.params["workers"]) == "1"
