@@ -1,0 +1,180 @@
+"""The driver-side Tune callback that turns Ray's trial events into Sink events.
+
+It is the only place that sees both Ray objects and sinks: Tune's trial, result and error become
+`TrialInfo`, `(key, epoch, metrics)` and `TrialOutcome` (events.py). Tune pickles callbacks with
+the experiment, so the sinks (MLflow client, rich console, file handles) are created in `setup()`,
+never in `__init__`. A sink that raises is switched off and its error kept for the runner to report
+(one broken sink must not abort the trials or starve the other sinks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from orchestrator.events import Sink, TrialInfo, TrialOutcome
+from orchestrator.plan import PlannedTrial, trial_key
+from orchestrator.trainable import EPOCH_KEY, identify
+
+__all__ = ["SinkCallback"]
+
+logger = logging.getLogger(__name__)
+
+# Tune's own bookkeeping keys in a result; everything else numeric is a trainer metric.
+_TUNE_KEYS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint",
+                                      "episodes_this_iter", "timesteps_this_iter", EPOCH_KEY}
+
+
+class SinkCallback(Callback):
+    def __init__(self, *, sink_factory: Callable[..., Sequence[Sink]], factory_kwargs: Mapping,
+                 start_kwargs: Mapping[str, Any], scheduler: Any = None,
+                 search_base: Mapping[str, Any] | None = None, smoke: bool = False) -> None:
+        self._factory = sink_factory
+        self._factory_kwargs = dict(factory_kwargs)
+        self._start_kwargs = dict(start_kwargs)
+        self._scheduler = scheduler        # RecordingASHA (shared object) or None
+        self._search_base = search_base
+        self._smoke = smoke
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._sinks: list[Sink] = []
+        self.sink_errors: list[str] = []
+        self.outcomes: dict[str, TrialOutcome] = {}
+        self._trials: dict[str, PlannedTrial] = {}       # tune trial id -> planned trial
+        self._key_owner: dict[str, str] = {}             # trial key -> tune trial id
+        self._started_at: dict[str, float] = {}
+        self._last: dict[str, dict[str, float]] = {}
+        self._best: dict[str, float] = {}
+        self._epochs: dict[str, int] = {}
+        self.finished = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Live sinks and per-run state never travel with the pickled experiment.
+        state = self.__dict__.copy()
+        for name in ("_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
+                     "_last", "_best", "_epochs", "finished"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_state()
+
+    # -- fan-out -----------------------------------------------------------------------------------
+    def _emit(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for sink in list(self._sinks):
+            try:
+                getattr(sink, method)(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - isolate sinks from each other and Tune
+                msg = f"{type(sink).__name__}.{method} failed: {type(exc).__name__}: {exc}"
+                logger.error(msg)
+                self.sink_errors.append(msg)
+                self._sinks.remove(sink)
+
+    # -- Tune callback hooks -----------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        self._reset_state()
+        self._sinks = list(self._factory(**self._factory_kwargs))
+        self._emit("start", **self._start_kwargs)
+
+    def _planned(self, trial: Any) -> PlannedTrial:
+        planned = self._trials.get(trial.trial_id)
+        if planned is not None:
+            return planned
+        planned = identify(trial.config, search_base=self._search_base, smoke=self._smoke)
+        owner = self._key_owner.get(planned.key)
+        if owner is not None and owner != trial.trial_id:
+            # Two searched samples resolved to the same config: keep both, distinctly keyed.
+            n = sum(1 for p in self._trials.values() if p.config == planned.config)
+            planned = PlannedTrial(trial_key({**planned.config, "_duplicate": n}), planned.arm,
+                                   planned.seed, planned.config, planned.aliases)
+        self._key_owner[planned.key] = trial.trial_id
+        self._trials[trial.trial_id] = planned
+        return planned
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        p = self._planned(trial)
+        self._started_at.setdefault(trial.trial_id, time.time())
+        tags = {"tune_trial_id": trial.trial_id}
+        if p.aliases:
+            tags["aliases"] = ";".join(p.aliases)
+        if "trial" not in trial.config:
+            tags.update({f"sampled.{k}": str(v) for k, v in trial.config.items()})
+        self._emit("trial_started", TrialInfo(key=p.key, arm=p.arm, seed=p.seed, config=p.config,
+                                              backbone=p.backbone, tags=tags))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        p = self._planned(trial)
+        epoch = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
+        metrics = {k: float(v) for k, v in result.items()
+                   if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tid = trial.trial_id
+        self._epochs[tid] = epoch
+        self._last[tid] = metrics
+        metric, mode = self._start_kwargs["metric"], self._start_kwargs["mode"]
+        value = metrics.get(metric)
+        if value is not None and not math.isnan(value):
+            best = self._best.get(tid)
+            if best is None or (value > best if mode == "max" else value < best):
+                self._best[tid] = value
+        self._emit("epoch", p.key, epoch, metrics)
+
+    def _outcome(self, trial: Any, status: str, reason: str) -> TrialOutcome:
+        p = self._planned(trial)
+        tid = trial.trial_id
+        last = self._last.get(tid, {})
+        metric = self._start_kwargs["metric"]
+        wall = (trial.last_result or {}).get("time_total_s")
+        if wall is None:
+            wall = time.time() - self._started_at.get(tid, time.time())
+        params, macs = last.get("params"), last.get("macs")
+        return TrialOutcome(
+            key=p.key, status=status, stop_reason=reason, epochs_run=self._epochs.get(tid, 0),
+            wall_time_s=float(wall), final=dict(last),
+            best={metric: self._best[tid]} if tid in self._best else {},
+            params=None if params is None else int(params),
+            macs=None if macs is None else int(macs),
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        p = self._planned(trial)
+        epochs, planned_epochs = self._epochs.get(trial.trial_id, 0), p.config["train"]["epochs"]
+        stops = getattr(self._scheduler, "stop_reasons", {})
+        if trial.trial_id in stops:
+            outcome = self._outcome(trial, "stopped", stops[trial.trial_id])
+        elif epochs >= planned_epochs:
+            outcome = self._outcome(trial, "completed", f"completed all {planned_epochs} epochs")
+        else:
+            outcome = self._outcome(trial, "failed", f"ended after {epochs} of {planned_epochs} "
+                                                     f"epochs without an error or a stop decision")
+        self.outcomes[p.key] = outcome
+        self._emit("trial_finished", outcome)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        p = self._planned(trial)
+        text = ""
+        try:
+            text = trial.get_error() or ""
+        except Exception:  # noqa: BLE001 - the error file may be on another node
+            pass
+        lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+        reason = "error: " + (lines[-1] if lines else "the trial raised (see Tune's error.txt)")
+        outcome = self._outcome(trial, "failed", reason[:2000])
+        self.outcomes[p.key] = outcome
+        self._emit("trial_finished", outcome)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.finish(interrupted=False)
+
+    def finish(self, *, interrupted: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._emit("finish", interrupted=interrupted)

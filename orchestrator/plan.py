@@ -1,0 +1,278 @@
+"""Expand a spec into arms and trials with stable keys, validating every trial before launch.
+
+An arm is a named point of the design; a trial is an arm x seed. How the design becomes arms:
+
+- `baseline`: base + the `baseline` overrides, named "baseline" (the reference arm).
+- `ofat` (one factor at a time): the `base` arm itself (named "base", the centre point) plus one arm
+  per axis value applied to base alone, named `<short key>=<value>` (`act=relu6`, `layers=1-4`),
+  or by the mapping's items when the value is a mapping (`expansion=2,reduction=96`).
+- `factorial`: one arm per combination of all axes' values applied to base
+  (`act=relu6,layers=1-4`); base itself is not an arm unless a combination equals it.
+- `arms`: explicit named arms (base + their overrides) for one-off controls.
+
+Arms whose resolved configs are identical run once: the first name (in the order above) wins and
+the others are kept as aliases (an ofat axis value equal to base is the base arm). Trials are
+ordered seed-major (every arm of seed 0, then seed 1, ...) so a partial sweep holds complete
+paired comparisons. A hyper-parameter search (`search.space`) has no arms: its trials are sampled
+at run time, and `resolve_sample` gives each sample its config and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from pydantic import ValidationError
+
+from orchestrator.errors import PlanError
+from orchestrator.spec import SweepSpec
+from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
+
+__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "reported_metrics", "resolve_sample", "trial_key"]
+
+# Execution-only settings: they do not change what a trial computes, so they stay out of its key
+# (the same study on a laptop and on a cluster has the same trial keys).
+_EXECUTION_KEYS = (("threads",), ("data", "num_workers"))
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    overrides: Mapping[str, Any]        # dotted overrides of base that make this arm
+    aliases: tuple[str, ...] = ()       # other design points that resolved to the same config
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    key: str
+    arm: str
+    seed: int
+    config: Mapping[str, Any]           # resolved TrainConfig as a JSON-able nested dict
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def backbone(self) -> str:
+        return self.config["model"]["backbone"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: SweepSpec
+    source: str
+    arms: tuple[Arm, ...]
+    trials: tuple[PlannedTrial, ...]    # empty for a search: trials are sampled at run time
+    search_base: Mapping[str, Any] | None = None   # base config (with seed) a search samples into
+    smoke: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_search(self) -> bool:
+        return bool(self.spec.search.space)
+
+    @property
+    def num_trials(self) -> int:
+        if not self.is_search:
+            return len(self.trials)
+        grid = 1
+        for dom in self.spec.search.space.values():
+            if dom.kind == "grid":
+                grid *= len(dom.values)
+        return self.spec.search.num_samples * grid
+
+    @property
+    def max_epochs(self) -> int:
+        configs = [t.config for t in self.trials] or [self.search_base]
+        return max(c["train"]["epochs"] for c in configs)
+
+
+def trial_key(config: Mapping[str, Any]) -> str:
+    """12 hex digits of the sha256 of the canonical JSON of a resolved config (seed included)."""
+    data = json.loads(json.dumps(config))
+    for path in _EXECUTION_KEYS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------ arm names
+
+def _render(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_render(v) for v in value) + "]"
+    return str(value)
+
+
+def _flat_items(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for k, v in mapping.items():
+        if isinstance(v, Mapping) and v:
+            yield from _flat_items(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _short_names(keys: Iterable[str]) -> dict[str, str]:
+    """`model.locality.act` -> `act`, unless two axes share a last part (then the full key)."""
+    keys = list(keys)
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _label(short: str, value: Any) -> str:
+    if isinstance(value, Mapping) and value:
+        return ",".join(f"{k}={_render(v)}" for k, v in _flat_items(value))
+    return f"{short}={_render(value)}"
+
+
+# ----------------------------------------------------------------------------------- resolution
+
+def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """base + dotted overrides -> validated TrainConfig dict; PlanError naming `where` if invalid."""
+    data = apply_overrides(base, overrides)
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as err:
+        lines = format_validation_error(err, TrainConfig)
+        raise PlanError(f"{where}: " + "; ".join(lines)) from None
+    return cfg.to_dict()
+
+
+def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str]]:
+    """(arm name, overrides, spec key path for error messages) in naming-priority order."""
+    points = [("baseline", dict(spec.baseline), "baseline")]
+    short = _short_names(spec.axes)
+    if spec.design == "ofat":
+        points.append(("base", {}, "base"))
+        for key, values in spec.axes.items():
+            for i, value in enumerate(values):
+                points.append((_label(short[key], value), {key: value}, f"axes.{key}[{i}]"))
+    elif spec.axes:
+        keys = list(spec.axes)
+        for combo in itertools.product(*(list(enumerate(spec.axes[k])) for k in keys)):
+            name = ",".join(_label(short[k], v) for k, (_, v) in zip(keys, combo))
+            where = "axes (" + ", ".join(f"{k}[{i}]" for k, (i, _) in zip(keys, combo)) + ")"
+            points.append((name, {k: v for k, (_, v) in zip(keys, combo)}, where))
+    auto = {name for name, _, _ in points}
+    for name, overrides in spec.arms.items():
+        if name in auto:
+            raise PlanError(f"arms.{name}: this name is already an arm of the design; rename it")
+        points.append((name, dict(overrides), f"arms.{name}"))
+    return points
+
+
+def build_plan(
+    spec: SweepSpec,
+    *,
+    source: str,
+    smoke: bool = False,
+    validate: Callable[[TrainConfig], None] | None = None,
+) -> Plan:
+    """Arms x seeds with keys; every resolved config is validated (schema, then `validate`).
+
+    `validate` defaults to the trainer's own check (model exists, layer range fits, data
+    readable); it raises trainers.config.ConfigError, reported with the spec key that made the
+    config. With `smoke`, every config is checked as written and then shrunk to CPU minutes.
+    """
+    from orchestrator import smoke as smoke_mod
+
+    validate = validate or _trainer_validate
+    base = dict(spec.base)
+    checked: dict[str, dict[str, Any]] = {}
+
+    def resolve_checked(overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+        cfg = _resolve(base, overrides, f"{source}: {where}")
+        key = trial_key(cfg)
+        if key not in checked:
+            _run_check(validate, cfg, f"{source}: {where}")
+            if smoke:
+                small = smoke_mod.shrink_config(cfg)
+                _run_check(validate, small, f"{source}: {where} (--smoke)")
+                cfg = small
+            checked[key] = cfg
+        return checked[key]
+
+    if spec.search.space:
+        search_base = resolve_checked({"seed": spec.seeds[0]}, "base")
+        for key, dom in spec.search.space.items():
+            for i, value in enumerate(_domain_probe_values(dom)):
+                resolve_checked({key: value, "seed": spec.seeds[0]},
+                                f"search.space.{key}.{dom.kind}[{i}]")
+        _check_metric(spec, [search_base], source)
+        return Plan(spec=spec, source=source, arms=(Arm("hpo", {}),), trials=(),
+                    search_base=search_base, smoke=smoke)
+
+    arms: list[Arm] = []
+    arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
+    by_key: dict[str, int] = {}
+    for name, overrides, where in _design_points(spec):
+        cfg = resolve_checked(overrides, where)
+        key = trial_key(cfg)
+        if key in by_key:
+            first = arms[by_key[key]]
+            arms[by_key[key]] = Arm(first.name, first.overrides, first.aliases + (name,))
+            continue
+        by_key[key] = len(arms)
+        arms.append(Arm(name, overrides))
+        arm_cfgs[name] = cfg
+    trials = []
+    for seed in spec.seeds:
+        for arm in arms:
+            cfg = dict(arm_cfgs[arm.name], seed=seed)
+            trials.append(PlannedTrial(trial_key(cfg), arm.name, seed, cfg, arm.aliases))
+    _check_metric(spec, list(arm_cfgs.values()), source)
+    return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke)
+
+
+def _domain_probe_values(dom) -> list[Any]:
+    """The values of a search domain worth validating: every choice, both bounds of a range."""
+    return list(dom.values)
+
+
+def _run_check(validate: Callable[[TrainConfig], None], cfg: Mapping[str, Any], where: str) -> None:
+    try:
+        validate(TrainConfig.model_validate(cfg))
+    except ConfigError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+
+
+def _trainer_validate(cfg: TrainConfig) -> None:
+    from trainers.train import validate_config
+
+    validate_config(cfg)
+
+
+def reported_metrics(cfg: TrainConfig) -> set[str]:
+    """The metric names a trial of `cfg` reports each epoch (trainers.train._epoch_metrics)."""
+    names = {"train/loss", "val/loss", "val/top1", "val/top5", "lr", "train/images_per_s",
+             "params", "macs", "epoch_time_s"}
+    if cfg.train.ema:
+        names |= {"val_ema/loss", "val_ema/top1", "val_ema/top5"}
+    return names
+
+
+def _check_metric(spec: SweepSpec, configs: list[Mapping[str, Any]], source: str) -> None:
+    metric = spec.search.metric
+    for cfg in configs:
+        names = reported_metrics(TrainConfig.model_validate(cfg))
+        if metric not in names:
+            raise PlanError(
+                f"{source}: search.metric: no trial of {cfg['model']['backbone']} "
+                f"{'with train.ema=false ' if not cfg['train']['ema'] else ''}reports {metric!r}; "
+                f"pick one of {', '.join(sorted(names))}"
+            )
+
+
+def resolve_sample(search_base: Mapping[str, Any], sample: Mapping[str, Any]) -> dict[str, Any]:
+    """A search sample (dotted key -> value) applied to the search base, as a TrainConfig dict."""
+    return TrainConfig.model_validate(apply_overrides(search_base, sample)).to_dict()

@@ -1,0 +1,255 @@
+"""Build and run the Ray Tune experiment of a plan: scheduler, searcher, resources, restore.
+
+This is the one seam between the sweep and Ray. A planned design is one grid over its trials (so
+every trial key is known before launch); a search is Optuna (seeded TPE) or Tune's own variant
+generator over `search.space`. ASHA, when asked for, counts epochs (`max_t = train.epochs`) and
+records why it stops a trial (`_asha.RecordingASHA`). Only the driver writes results: a
+`SinkCallback` forwards trial events to the MLflow, Parquet and progress sinks.
+
+`check_storage` runs before anything is created: a storage root that cannot be written, a sweep
+that already exists without `--resume`, or a `--resume` with nothing to resume is a SweepError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from orchestrator.errors import ResumeError, StorageError
+from orchestrator.events import Sink, TrialOutcome
+from orchestrator.plan import Plan
+
+__all__ = ["SweepResult", "check_storage", "default_sinks", "run_sweep", "sweep_dir"]
+
+TUNE_DIR = "tune"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    storage_dir: Path                       # <storage>/<name>
+    tracking_uri: str
+    outcomes: dict[str, TrialOutcome]       # trials that finished in this run, by key
+    num_errors: int                         # trials Tune counts as errored (resumed ones too)
+    interrupted: bool = False
+    sink_errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every trial completed or was stopped; 1: a trial failed or a sink broke."""
+        failed = any(o.status == "failed" for o in self.outcomes.values())
+        return 1 if failed or self.num_errors or self.sink_errors or self.interrupted else 0
+
+
+def sweep_dir(plan: Plan) -> Path:
+    return Path(plan.spec.run.storage).expanduser().resolve() / plan.spec.name
+
+
+def _tune_experiment_dir(plan: Plan) -> Path:
+    return sweep_dir(plan) / TUNE_DIR / plan.spec.name
+
+
+def check_storage(plan: Plan, *, resume: bool) -> Path:
+    """The sweep's folder, if it may be used; raises StorageError/ResumeError, creates nothing."""
+    root = Path(plan.spec.run.storage).expanduser()
+    where = f"{plan.source}: run.storage"
+    if root.exists() and not root.is_dir():
+        raise StorageError(f"{where}: {root} is a file, not a folder; point run.storage at a "
+                           f"folder (for example --set run.storage=./sweeps)")
+    probe = root.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{where}: cannot write to {root} ({probe} is not writable); choose "
+                           f"a folder you can write, e.g. --set run.storage=./sweeps")
+    target = sweep_dir(plan)
+    state = _tune_experiment_dir(plan) / "tuner.pkl"
+    if resume:
+        if not state.is_file():
+            raise ResumeError(f"{plan.source}: --resume: no saved sweep '{plan.spec.name}' in "
+                              f"{root} (expected {state}); run without --resume to start it")
+    elif target.exists() and any(target.iterdir()):
+        raise StorageError(f"{where}: a sweep named '{plan.spec.name}' already exists in "
+                           f"{target}; pass --resume to continue it, or start a new one with "
+                           f"--set name=<new name> (or remove that folder)")
+    return target
+
+
+def default_sinks(tracking_uri: str) -> list[Sink]:
+    """Parquet first (the durable record), then MLflow, then the live progress view."""
+    from orchestrator.progress import ProgressSink
+    from orchestrator.tables import ParquetSink
+    from orchestrator.tracking import MlflowSink
+
+    return [ParquetSink(), MlflowSink(tracking_uri=tracking_uri), ProgressSink()]
+
+
+def _quiet_ray() -> None:
+    # Our own sinks own the console; Tune's tables and its CSV/JSON/TensorBoard loggers stay off.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+
+
+def _domain(dom: Any) -> Any:
+    from ray import tune
+
+    v = dom.values
+    return {
+        "choice": lambda: tune.choice(list(v)),
+        "grid": lambda: tune.grid_search(list(v)),
+        "uniform": lambda: tune.uniform(v[0], v[1]),
+        "loguniform": lambda: tune.loguniform(v[0], v[1]),
+        "randint": lambda: tune.randint(v[0], v[1] + 1),   # spec bounds are inclusive
+    }[dom.kind]()
+
+
+def _param_space(plan: Plan) -> dict[str, Any]:
+    from ray import tune
+
+    if plan.is_search:
+        return {key: _domain(dom) for key, dom in plan.spec.search.space.items()}
+    points = [{"key": t.key, "arm": t.arm, "seed": t.seed, "config": dict(t.config),
+               "aliases": list(t.aliases)} for t in plan.trials]
+    return {"trial": tune.grid_search(points)}
+
+
+def _search_alg(plan: Plan) -> Any:
+    optuna_spec = plan.spec.search.optuna
+    if optuna_spec is None:
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n = plan.spec.search.num_samples
+    if optuna_spec.sampler == "tpe":
+        # TPE models the results after a few random start-up trials; scale those to the budget.
+        sampler = optuna.samplers.TPESampler(seed=optuna_spec.seed,
+                                             n_startup_trials=min(10, max(2, n // 3)))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=optuna_spec.seed)
+    return OptunaSearch(sampler=sampler)
+
+
+def _scheduler(plan: Plan) -> Any:
+    asha = plan.spec.search.asha
+    if asha is None:
+        return None
+    from orchestrator._asha import RecordingASHA
+    from orchestrator.trainable import EPOCH_KEY
+
+    return RecordingASHA(time_attr=EPOCH_KEY, max_t=plan.max_epochs,
+                         grace_period=min(asha.grace_period, plan.max_epochs),
+                         reduction_factor=asha.reduction_factor)
+
+
+def _trial_dirname(trial: Any) -> str:
+    cfg = trial.config
+    label = (f"{cfg['trial']['arm']}_seed{cfg['trial']['seed']}" if "trial" in cfg else "hpo")
+    return re.sub(r"[^\w.=-]+", "_", label)[:80] + f"_{trial.trial_id}"
+
+
+def run_sweep(
+    plan: Plan,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    sink_factory: Callable[..., Sequence[Sink]] = default_sinks,
+    tracking_uri: str | None = None,
+) -> SweepResult:
+    """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C."""
+    from ray import tune
+
+    from orchestrator._callback import SinkCallback
+    from orchestrator.trainable import run_trial
+    from orchestrator.tracking import default_tracking_uri
+
+    target = check_storage(plan, resume=resume)
+    spec = plan.spec
+    storage_root = Path(spec.run.storage).expanduser().resolve()
+    uri = tracking_uri or default_tracking_uri(storage_root)
+    _quiet_ray()
+    target.mkdir(parents=True, exist_ok=True)
+    _init_ray(address)
+
+    res = spec.run.resources_per_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, search_base=plan.search_base, smoke=plan.smoke),
+        {"cpu": res.cpu, "gpu": res.gpu},
+    )
+    experiment = _tune_experiment_dir(plan)
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        scheduler = _scheduler(plan)
+        callback = SinkCallback(
+            sink_factory=sink_factory, factory_kwargs={"tracking_uri": uri},
+            start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
+                          "spec": _resolved_spec(plan), "metric": spec.search.metric,
+                          "mode": spec.search.mode, "total_trials": plan.num_trials},
+            scheduler=scheduler, search_base=plan.search_base, smoke=plan.smoke,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(plan),
+            tune_config=tune.TuneConfig(
+                metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
+                search_alg=_search_alg(plan),
+                num_samples=spec.search.num_samples if plan.is_search else 1,
+                max_concurrent_trials=spec.run.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=str(target / TUNE_DIR), callbacks=[callback],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.run.checkpoints_to_keep),
+            ),
+        )
+    # On restore Tune rebuilds the callback from its saved experiment: use that instance.
+    callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks
+                    if isinstance(cb, SinkCallback))
+    interrupted = False
+    try:
+        grid = tuner.fit()
+        num_errors = grid.num_errors
+    except KeyboardInterrupt:
+        interrupted, num_errors = True, 0
+    finally:
+        callback.finish(interrupted=interrupted)
+    return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
+                       outcomes=dict(callback.outcomes), num_errors=num_errors,
+                       interrupted=interrupted, sink_errors=list(callback.sink_errors))
+
+
+def _resolved_spec(plan: Plan) -> dict[str, Any]:
+    """What spec.yaml and the MLflow parent run record: the spec, --smoke, and the arms."""
+    out = plan.spec.to_dict()
+    out["smoke"] = plan.smoke
+    out["source"] = plan.source
+    out["plan"] = {"arms": {a.name: {"overrides": dict(a.overrides), "aliases": list(a.aliases)}
+                            for a in plan.arms},
+                   "trials": [{"key": t.key, "arm": t.arm, "seed": t.seed} for t in plan.trials]}
+    return out

@@ -1,0 +1,101 @@
+"""`--smoke`: shrink any sweep to CPU minutes while keeping its design.
+
+Every trial keeps its arm, its seed and its locality knobs, but runs the small CPU variant of the
+same backbone family (registry.smoke_variant: deit_tiny -> vit_micro, localvit_swin_tiny ->
+localvit_swin_micro) on the embedded `digits` data at the variant's own small image size, for a
+few capped epochs with light augmentation, on 1 CPU. Locality layer ranges are mapped onto the
+small model's depth proportionally (blocks 9-12 of 12 become blocks 3-4 of 4), so placement arms
+stay distinct. ASHA keeps its role with a grace period of 1 epoch. The point is to prove that a GPU
+study's YAML runs end to end (plan, trials, early stopping, tracking) before paying for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+from orchestrator.spec import AshaSpec, SchedulerSpec, SweepSpec
+
+__all__ = ["SMOKE_EPOCHS", "shrink_config", "shrink_spec"]
+
+SMOKE_EPOCHS = 3
+SMOKE_STEPS_PER_EPOCH = 4
+SMOKE_BATCH = 64
+SMOKE_SEEDS = 2
+SMOKE_SAMPLES = 4
+# Light augmentation: 8x8 digits upsampled to 16-32 px have nothing for RandAugment or erasing.
+_SMOKE_AUG = {"auto_augment": None, "color_jitter": 0.0, "reprob": 0.0, "mixup": 0.0,
+              "cutmix": 0.0}
+
+
+_SIZE_KEYS = ("depth", "depths", "embed_dim", "embed_dims", "num_heads", "patch_size", "img_size")
+
+
+def _layer_map(block: int, depth_from: int, depth_to: int) -> int:
+    """1-based block of a `depth_from` model -> the block at the same relative depth of `depth_to`."""
+    return max(1, min(depth_to, math.ceil(block * depth_to / depth_from)))
+
+
+def _shrink_layers(layers: Any, depth_from: int, depth_to: int) -> Any:
+    from trainers.locality import resolve_layers
+
+    if depth_from == depth_to or layers in (None, "all", "none"):
+        return layers
+    blocks = sorted(resolve_layers(layers, depth_from))          # 0-based
+    mapped = sorted({_layer_map(b + 1, depth_from, depth_to) for b in blocks})
+    if mapped == list(range(mapped[0], mapped[-1] + 1)):
+        return f"{mapped[0]}-{mapped[-1]}"
+    return mapped
+
+
+def shrink_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved TrainConfig dict -> the same trial at CPU-minutes scale (idempotent)."""
+    from trainers import registry
+
+    out = copy.deepcopy(dict(cfg))
+    model = out["model"]
+    source = model["backbone"]
+    small = registry.smoke_variant(source)
+    model["backbone"] = small
+    arch = dict(model.get("arch", {}))
+    # Depth/width overrides were written for the full-size model; the small variant keeps its own.
+    model["arch"] = {k: v for k, v in arch.items() if k not in _SIZE_KEYS}
+    locality = model.get("locality")
+    if isinstance(locality, dict) and locality.get("layers") is not None:
+        locality["layers"] = _shrink_layers(locality["layers"], registry.depth(source, **arch),
+                                            registry.depth(small, **model["arch"]))
+    out["data"] = {"name": "digits", "img_size": None, "val_fraction": out["data"]["val_fraction"]}
+    train = out["train"]
+    train.update(
+        epochs=min(train["epochs"], SMOKE_EPOCHS),
+        batch_size=SMOKE_BATCH,
+        steps_per_epoch=min(train.get("steps_per_epoch") or SMOKE_STEPS_PER_EPOCH,
+                            SMOKE_STEPS_PER_EPOCH),
+        warmup_epochs=min(train["warmup_epochs"], 1),
+        ema=False,
+        amp=False,
+    )
+    out["aug"] = {**out["aug"], **_SMOKE_AUG}
+    out["device"] = "cpu"
+    out["threads"] = None
+    return out
+
+
+def shrink_spec(spec: SweepSpec) -> SweepSpec:
+    """The run-level part of --smoke: 1 CPU per trial, no GPU, 2 seeds, few samples, quick ASHA."""
+    search = spec.search
+    update: dict[str, Any] = {}
+    if search.asha is not None:
+        update["scheduler"] = SchedulerSpec(asha=AshaSpec(grace_period=1, reduction_factor=2))
+    if search.space:
+        update["num_samples"] = min(search.num_samples, SMOKE_SAMPLES)
+    run = spec.run.model_copy(update={
+        "resources_per_trial": spec.run.resources_per_trial.model_copy(update={"cpu": 1, "gpu": 0}),
+        "max_concurrent": None,
+    })
+    return spec.model_copy(update={
+        "seeds": spec.seeds[:SMOKE_SEEDS],
+        "search": search.model_copy(update=update),
+        "run": run,
+    })

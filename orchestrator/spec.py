@@ -1,0 +1,406 @@
+"""The sweep spec: one YAML file, typed and validated at the edge.
+
+A spec has four roles (see DESIGN.md): `base` (the fixed trial config, a TrainConfig), the design
+(`baseline`, `axes`, `arms`, `design`, `seeds`), `search` (metric, ASHA, an optional Optuna space)
+and `run` (resources, concurrency, storage). `load_spec(path, overrides)` reads the YAML, applies
+`--set` overrides, and returns a frozen `SweepSpec`, or raises `SpecError` naming the file, the
+key path, what is wrong and how to fix it. Whether every planned trial is a valid training run
+(model exists, layer range fits, ...) is checked by `plan.build_plan`.
+
+Dotted keys (`model.locality.act`) in `baseline`, `axes`, `arms` and `search.space` address the
+TrainConfig of a trial; a mapping value is merged into that key (trainers.config.apply_overrides).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import SpecError
+from trainers.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    format_validation_error,
+    parse_set_args,
+    train_config_from_dict,
+)
+
+__all__ = [
+    "AshaSpec",
+    "DomainSpec",
+    "OptunaSpec",
+    "ResourcesSpec",
+    "RunSpec",
+    "SearchSpec",
+    "SweepSpec",
+    "load_spec",
+    "spec_from_dict",
+    "train_keys",
+]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AshaSpec(_Strict):
+    """Asynchronous successive halving; max_t is the trial config's train.epochs."""
+
+    grace_period: int = Field(default=1, gt=0)
+    reduction_factor: float = Field(default=3, gt=1)
+
+
+class SchedulerSpec(_Strict):
+    asha: AshaSpec | None = None
+
+
+class OptunaSpec(_Strict):
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(default=0, ge=0)
+
+
+class AlgorithmSpec(_Strict):
+    optuna: OptunaSpec | None = None
+
+
+_DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class DomainSpec(_Strict):
+    """One searched key: exactly one of the five kinds."""
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    # Inclusive bounds [low, high].
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DomainSpec":
+        given = [k for k in _DOMAINS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(_DOMAINS)} (got {given or 'none'})")
+        kind = given[0]
+        if kind in ("uniform", "loguniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind} needs [low, high] with low < high but got [{lo}, {hi}]")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform needs low > 0 but got {lo}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _DOMAINS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
+
+
+class SearchSpec(_Strict):
+    metric: str = "val/top1"
+    mode: Literal["max", "min"] = "max"
+    # `none` (or null) runs every trial to train.epochs; {asha: {...}} stops hopeless ones early.
+    scheduler: Union[Literal["none"], None, SchedulerSpec] = None
+    # Hyper-parameters to search (dotted TrainConfig keys); empty for a planned design.
+    space: dict[str, DomainSpec] = Field(default_factory=dict)
+    algorithm: Union[Literal["none"], None, AlgorithmSpec] = None
+    # Samples drawn from `space` (each grid point counts once per sample without an algorithm).
+    num_samples: int = Field(default=1, gt=0)
+
+    @property
+    def asha(self) -> AshaSpec | None:
+        return self.scheduler.asha if isinstance(self.scheduler, SchedulerSpec) else None
+
+    @property
+    def optuna(self) -> OptunaSpec | None:
+        return self.algorithm.optuna if isinstance(self.algorithm, AlgorithmSpec) else None
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(default=1, gt=0)
+    # Fractional GPUs (0.5) pack several trials on one device.
+    gpu: float = Field(default=0, ge=0)
+
+
+class RunSpec(_Strict):
+    resources_per_trial: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # None: as many as the cluster's resources allow.
+    max_concurrent: int | None = Field(default=None, gt=0)
+    storage: str = "./sweeps"
+    # Times a failed trial is retried from its last checkpoint before it counts as failed.
+    max_failures: int = Field(default=0, ge=0)
+    checkpoints_to_keep: int = Field(default=1, gt=0)
+
+
+class SweepSpec(_Strict):
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    baseline: dict[str, Any] = Field(default_factory=dict)
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    design: Literal["ofat", "factorial"] = "ofat"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------- dotted key paths
+
+def train_keys() -> list[str]:
+    """Every dotted key of a TrainConfig (`model.locality.act`, `train.lr`, ...)."""
+    out: list[str] = []
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, field in cls.model_fields.items():
+            path = f"{prefix}{name}"
+            out.append(path)
+            ann = field.annotation
+            for cand in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    walk(cand, path + ".")
+
+    walk(TrainConfig, "")
+    return out
+
+
+def _check_train_key(dotted: str) -> str | None:
+    """None if `dotted` addresses a TrainConfig key, else the reason (with a did-you-mean)."""
+    known = train_keys()
+    if dotted in known or dotted.startswith("model.arch."):
+        return None
+    hint = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+    fix = f"did you mean '{hint[0]}'?" if hint else "see trainers/config.py for the valid keys"
+    return f"unknown trial config key '{dotted}'; {fix}"
+
+
+# ---------------------------------------------------------------------------------- YAML loading
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.2 style)."""
+
+
+def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file; give the path to a sweep YAML "
+                        f"(for example search_spaces/quickstart.yaml)")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark else path.name
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: YAML syntax error: {problem}; fix the YAML there "
+                        f"(indentation, quoting, a missing ':')") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path.name}: a sweep spec is a mapping with name, base, axes, seeds, "
+                        f"search and run but the file holds {type(data).__name__}")
+    return data
+
+
+# Spec sections whose keys are themselves dotted TrainConfig keys: `--set axes.model.locality.act=[hs]`
+# addresses the axis `model.locality.act`, not a nested mapping.
+_FLAT_SECTIONS = (("axes",), ("baseline",), ("search", "space"))
+
+
+def _apply_set(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    parts = key.split(".")
+    for section in _FLAT_SECTIONS:
+        n = len(section)
+        if tuple(parts[:n]) == section and len(parts) > n:
+            out = copy.deepcopy(raw)
+            node = out
+            for part in section:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise SpecError(f"--set {key}: '{'.'.join(section)}' is not a mapping")
+            node[".".join(parts[n:])] = value
+            return out
+    if parts[0] == "arms" and len(parts) > 2:
+        out = copy.deepcopy(raw)
+        arm = out.setdefault("arms", {}).setdefault(parts[1], {})
+        arm[".".join(parts[2:])] = value
+        return out
+    return apply_overrides(raw, {key: value})
+
+
+# ------------------------------------------------------------------------------------ validation
+
+def _union_tag(part: Any) -> bool:
+    """pydantic's loc entries that name a union branch rather than a key."""
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool", "none", "list", "dict"}
+        or re.fullmatch(r"[\w-]+\[.*\]", part) is not None
+        or part in {"SchedulerSpec", "AlgorithmSpec", "AshaSpec", "OptunaSpec"}
+    )
+
+
+def _format_spec_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        if e["type"] in ("literal_error", "none_required") and isinstance(e.get("input"), Mapping):
+            continue
+        loc = [p for p in e["loc"] if not _union_tag(p)]
+        path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            valid = _spec_field_names(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
+            lines.append(f"{source}: {path}: unknown key; {fix} (valid keys: {', '.join(valid)})")
+        else:
+            where = f"{source}: {path or '(top level)'}"
+            if e["type"] == "value_error":  # our own validators already say what they got
+                lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+            else:
+                lines.append(f"{where}: {e['msg']} but got {e.get('input')!r}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _spec_field_names(loc: Sequence[Any]) -> list[str]:
+    cls: Any = SweepSpec
+    for part in loc:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        cands = [ann, *getattr(ann, "__args__", ())]
+        cands += [a for c in list(cands) for a in getattr(c, "__args__", ())]
+        cls = next((c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _check_semantics(spec: SweepSpec, source: str) -> None:
+    """Checks that need more than one field: keys exist, seeds unique, designs consistent."""
+    if not _NAME_RE.fullmatch(spec.name):
+        raise SpecError(f"{source}: name: must be letters, digits, '.', '_' or '-' (it names a "
+                        f"folder and an MLflow experiment) but got {spec.name!r}")
+    try:
+        train_config_from_dict(spec.base, source="base")
+    except ConfigError as exc:
+        raise SpecError(f"{source}: {_indent(str(exc))}; fix the base trial config") from None
+    for section, mapping in (("baseline", spec.baseline), ("axes", spec.axes),
+                             ("search.space", spec.search.space)):
+        for key in mapping:
+            problem = _check_train_key(key)
+            if problem:
+                raise SpecError(f"{source}: {section}.{key}: {problem}")
+    for arm, overrides in spec.arms.items():
+        if not overrides:
+            raise SpecError(f"{source}: arms.{arm}: an arm needs at least one override "
+                            f"(dotted key: value); an arm equal to base is already planned")
+        for key in overrides:
+            problem = _check_train_key(key)
+            if problem:
+                raise SpecError(f"{source}: arms.{arm}.{key}: {problem}")
+    for key, values in spec.axes.items():
+        if not values:
+            raise SpecError(f"{source}: axes.{key}: empty axis; list at least one value "
+                            f"or remove the axis")
+    dupes = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
+    if dupes:
+        raise SpecError(f"{source}: seeds: duplicate seed(s) {dupes}; every seed must be unique "
+                        f"(every arm runs every seed, so a repeat would run the same trial twice)")
+    if any(s < 0 for s in spec.seeds):
+        raise SpecError(f"{source}: seeds: seeds must be >= 0 but got {spec.seeds}")
+    _check_search(spec, source)
+
+
+def _check_search(spec: SweepSpec, source: str) -> None:
+    search = spec.search
+    if search.space and (spec.axes or spec.arms or spec.baseline):
+        raise SpecError(f"{source}: search.space: a hyper-parameter search runs over base alone; "
+                        f"remove axes/arms/baseline or run the search as a separate sweep")
+    if search.optuna is not None:
+        if not search.space:
+            raise SpecError(f"{source}: search.algorithm: optuna needs search.space "
+                            f"(for example train.lr: {{loguniform: [1.0e-4, 3.0e-3]}})")
+        grids = [k for k, d in search.space.items() if d.kind == "grid"]
+        if grids:
+            raise SpecError(f"{source}: search.space.{grids[0]}: grid is not supported by "
+                            f"Optuna; use choice instead (or algorithm: none for a grid)")
+        if len(spec.seeds) != 1:
+            raise SpecError(f"{source}: seeds: an Optuna search runs each sampled config once; "
+                            f"give one seed (seeds: [0]) and re-run the best configs over seeds "
+                            f"as arms of a planned sweep")
+    elif search.space and len(spec.seeds) != 1:
+        raise SpecError(f"{source}: seeds: a search over search.space takes one seed "
+                        f"(seeds: [0]) but got {spec.seeds}")
+    if not search.space and search.num_samples != 1:
+        raise SpecError(f"{source}: search.num_samples: only a search.space is sampled; a planned "
+                        f"design runs every arm x seed once, so remove num_samples")
+
+
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
+def spec_from_dict(raw: Mapping[str, Any], *, source: str = "spec") -> SweepSpec:
+    """Validate a spec mapping (already parsed and overridden) into a SweepSpec."""
+    try:
+        spec = SweepSpec.model_validate(dict(raw))
+    except ValidationError as err:
+        raise SpecError(_format_spec_error(err, source)) from None
+    _check_semantics(spec, source)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> SweepSpec:
+    """Read a spec YAML, apply `--set key=value` overrides (spec-level dotted keys), validate.
+
+    Overrides address the spec, e.g. `base.train.lr=1e-3`, `seeds=[0]`, `run.storage=/tmp/s`,
+    `axes.model.locality.act=[hs,relu6]`, `search.scheduler=none`.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    source = path.name
+    if overrides:
+        try:
+            items = parse_set_args(list(overrides)) if not isinstance(overrides, Mapping) \
+                else dict(overrides)
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        for key, value in items.items():
+            raw = _apply_set(raw, key, value)
+        source = f"{path.name} (with --set {', '.join(items)})"
+    return spec_from_dict(raw, source=source)
+
+
+def format_error_for(source: str, err: ValidationError) -> str:
+    """A TrainConfig ValidationError as `source: key.path: problem` lines (used by plan.py)."""
+    return "\n".join(f"{source}: {line}" for line in format_validation_error(err, TrainConfig))

@@ -1,0 +1,149 @@
+"""CLI: run a sweep spec on Ray Tune, into MLflow and Parquet.
+
+    python -m orchestrator.sweep SPEC [--set key=value ...] [--dry-run] [--resume] [--smoke]
+                                      [--address ADDR]
+
+Exit codes: 0 every trial completed or was stopped by the scheduler; 1 a trial failed (or the
+run was interrupted, or a result sink broke); 2 bad input (the spec, an override, the storage),
+in which case nothing was created or launched. `--set` takes spec-level dotted keys
+(`base.train.lr=1e-3`, `seeds=[0]`, `run.storage=/tmp/sweeps`, `axes.model.locality.act=[hs]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from orchestrator.errors import SweepError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Run a LocalViT sweep spec (YAML) on Ray Tune with ASHA/Optuna; results go "
+                    "to MLflow and Parquet under run.storage.")
+    p.add_argument("spec", help="the sweep YAML, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key (dotted), e.g. --set base.train.epochs=5; repeatable")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (arms, seeds, trials, compute) and start nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep of this name from its saved Tune state")
+    p.add_argument("--smoke", action="store_true",
+                   help="shrink the sweep to CPU minutes (small variants, digits, few steps)")
+    p.add_argument("--address", default=None,
+                   help="connect to a running Ray cluster (e.g. auto or ray://host:10001)")
+    return p
+
+
+def _fmt_macs(macs: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if macs >= scale:
+            return f"{macs / scale:.3g} {unit}MAC"
+    return f"{macs:.3g} MAC"
+
+
+def _print_plan(plan, console) -> None:
+    from rich.table import Table
+
+    from orchestrator.estimate import estimate_plan
+
+    spec = plan.spec
+    est = estimate_plan(plan)
+    title = f"sweep {spec.name}{' (--smoke)' if plan.smoke else ''}: {plan.source}"
+    if plan.is_search:
+        algo = "optuna " + spec.search.optuna.sampler if spec.search.optuna else "random/grid"
+        table = Table(title=title, title_justify="left")
+        table.add_column("searched key")
+        table.add_column("domain")
+        for key, dom in spec.search.space.items():
+            table.add_row(key, f"{dom.kind} {dom.values}")
+        console.print(table)
+        console.print(f"search: {algo}, {plan.num_trials} trials, seed {spec.seeds[0]}")
+    else:
+        table = Table(title=title, title_justify="left")
+        for col in ("arm", "backbone", "overrides of base", "same config as"):
+            table.add_column(col)
+        by_arm = {t.arm: t for t in plan.trials}
+        for arm in plan.arms:
+            overrides = ", ".join(f"{k}={v}" for k, v in arm.overrides.items()) or "-"
+            table.add_row(arm.name, by_arm[arm.name].backbone, overrides,
+                          ", ".join(arm.aliases) or "")
+        console.print(table)
+        console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
+                      f"trials: {plan.num_trials} (arms x seeds)")
+    asha = spec.search.asha
+    sched = (f"ASHA grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
+             f"max_t {plan.max_epochs}" if asha else "none (every trial runs all its epochs)")
+    res = spec.run.resources_per_trial
+    console.print(f"metric: {spec.search.metric} ({spec.search.mode})  scheduler: {sched}")
+    console.print(f"resources per trial: cpu {res.cpu:g}, gpu {res.gpu:g}  max concurrent: "
+                  f"{spec.run.max_concurrent or 'as resources allow'}  storage: "
+                  f"{spec.run.storage}")
+    models = ", ".join(f"{k} {_fmt_macs(v)}/image" for k, v in est.macs_per_image.items())
+    console.print(f"epochs at most: {est.epochs_max} (trials x train.epochs)")
+    console.print(f"estimated compute: at most {_fmt_macs(est.train_macs)} of training "
+                  f"(3 x forward MACs x images x epochs, before early stopping"
+                  f"{'; imagefolder counted as ImageNet-1k' if est.assumed_sizes else ''})")
+    console.print(f"forward cost: {models}", soft_wrap=True)
+    console.print("dry run: nothing was created or started")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from rich.console import Console
+
+    from orchestrator.plan import build_plan
+    from orchestrator.smoke import shrink_spec
+    from orchestrator.spec import load_spec
+
+    console = Console(stderr=False, highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        spec = load_spec(args.spec, args.sets)
+        source = os.path.basename(args.spec) + (f" (with --set {', '.join(args.sets)})"
+                                                if args.sets else "")
+        if args.smoke:
+            spec = shrink_spec(spec)
+        plan = build_plan(spec, source=source, smoke=args.smoke)
+        if args.dry_run:
+            _print_plan(plan, console)
+            return 0
+        from orchestrator.runner import check_storage, run_sweep
+
+        check_storage(plan, resume=args.resume)
+        result = run_sweep(plan, resume=args.resume, address=args.address)
+    except SweepError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return 2
+    _print_summary(plan, result, args.spec, console, err)
+    return result.exit_code
+
+
+def _print_summary(plan, result, spec_path, console, err) -> None:
+    from orchestrator.progress import print_summary
+    from orchestrator.tables import read_trials
+
+    try:
+        trials = read_trials(result.storage_dir)
+    except (FileNotFoundError, OSError) as exc:
+        err.print(f"no trials.parquet to summarise ({exc})", markup=False)
+        trials = []
+    print_summary(console, trials, plan.spec.search.metric, plan.spec.search.mode,
+                  str(result.storage_dir), result.tracking_uri)
+    for msg in result.sink_errors:
+        err.print(f"result sink error: {msg}", markup=False, soft_wrap=True)
+    if result.interrupted:
+        err.print(f"interrupted; continue with: python -m orchestrator.sweep {spec_path} --resume"
+                  f" (with the same --set options)", markup=False, soft_wrap=True)
+    failed = [o for o in result.outcomes.values() if o.status == "failed"]
+    for o in failed:
+        err.print(f"trial {o.key} failed: {o.stop_reason}", markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The Ray Tune function trainable: a thin adapter from a Tune trial to `trainers.train.train`.
+
+A trial's Tune config is plain data. For a planned design it is `{"trial": {key, arm, seed,
+config}}` (one grid point per arm x seed); for a search it is the sampled values by dotted key,
+applied to the search base (shipped with `tune.with_parameters`). `identify` turns either into the
+trial's identity, and the driver's callback uses the same function, so worker and driver agree
+on every key. The trainable sets torch's thread count to the trial's CPUs (reused actors keep the
+previous trial's count otherwise), resumes from Tune's checkpoint when there is one, and reports
+each epoch's metrics with the trainer's checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
+
+__all__ = ["EPOCH_KEY", "TuneReporter", "identify", "run_trial"]
+
+# The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
+EPOCH_KEY = "epoch"
+
+
+def identify(config: Mapping[str, Any], *, search_base: Mapping[str, Any] | None = None,
+             smoke: bool = False) -> PlannedTrial:
+    """The planned trial a Tune config stands for (arm, seed, resolved config, key)."""
+    if "trial" in config:
+        t = config["trial"]
+        return PlannedTrial(t["key"], t["arm"], int(t["seed"]), t["config"], tuple(t["aliases"]))
+    if search_base is None:
+        raise ValueError("a sampled trial config needs the search base it was sampled into")
+    sample = {k: v for k, v in config.items() if k != "trial"}
+    cfg = resolve_sample(search_base, sample)
+    if smoke:
+        from orchestrator.smoke import shrink_config
+
+        cfg = shrink_config(cfg)
+    return PlannedTrial(trial_key(cfg), "hpo", int(cfg["seed"]), cfg)
+
+
+class TuneReporter:
+    """trainers.train.Reporter that forwards each epoch to Ray Tune with its checkpoint."""
+
+    def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        result = {**metrics, EPOCH_KEY: epoch}
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(result, checkpoint=checkpoint)
+
+
+def _trial_cpus() -> int:
+    from ray import tune
+
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+    except Exception:  # noqa: BLE001 - outside a trial (direct call in a test): torch's default
+        return 0
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = None,
+              smoke: bool = False) -> None:
+    """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any."""
+    import torch
+    from ray import tune
+
+    from trainers.config import TrainConfig
+    from trainers.train import train
+
+    trial = identify(config, search_base=search_base, smoke=smoke)
+    cpus = _trial_cpus()
+    cfg = TrainConfig.model_validate(trial.config)
+    if cpus:
+        torch.set_num_threads(cpus)
+        cfg = cfg.model_copy(update={"threads": cpus})
+    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial.key}-"))
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            train(cfg, TuneReporter(), out_dir=out_dir)
+        else:
+            with checkpoint.as_directory() as ckpt_dir:
+                train(cfg, TuneReporter(), out_dir=out_dir, resume_from=ckpt_dir)
+    finally:
+        # Tune has copied every reported checkpoint into the sweep's storage already.
+        shutil.rmtree(out_dir, ignore_errors=True)
