@@ -55,7 +55,8 @@ class PVTArch:
         lengths = {name: len(getattr(self, name)) for name in fields}
         if len(set(lengths.values())) != 1:
             raise ModelConfigError(
-                f"PVT per-stage settings must all have one entry per stage but got lengths {lengths}"
+                "PVT per-stage settings must all have one entry per stage but got lengths "
+                f"{lengths}"
             )
         for name in fields:
             values = getattr(self, name)
@@ -251,7 +252,7 @@ class PyramidVisionTransformer(nn.Module):
         for s, dim in enumerate(arch.embed_dims):
             spec = None
             if locality is not None:
-                # LocalViT-PVT: gamma is the stage's MLP ratio unless the caller asks for the spec's.
+                # LocalViT-PVT: gamma = the stage's MLP ratio unless the caller asks for the spec's.
                 gamma = arch.mlp_ratios[s] if expansion_from == "mlp_ratio" else locality.expansion
                 spec = replace(locality, expansion=gamma)
             blocks = []

@@ -106,20 +106,24 @@ def _pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
 def check_t2t_img_size(arch: T2TArch, img_size: int | tuple[int, int] | None
                        ) -> list[tuple[int, int]]:
     """Token grid after every soft split; ModelConfigError if a split would leave no tokens."""
-    height, width = _pair(arch.img_size if img_size is None else img_size)
-    grids = []
-    for kernel, stride, padding in arch.soft_splits:
-        height = (height + 2 * padding - kernel) // stride + 1
-        width = (width + 2 * padding - kernel) // stride + 1
-        if height < 1 or width < 1:
-            kernel0, _, padding0 = arch.soft_splits[0]
-            raise ModelConfigError(
-                f"T2T-ViT soft splits {arch.soft_splits} leave no tokens for a "
-                f"{_pair(arch.img_size if img_size is None else img_size)} image; use at least "
-                f"{kernel0 - 2 * padding0 + 1} px per side (default {arch.img_size})"
-            )
-        grids.append((height, width))
+    size = _pair(arch.img_size if img_size is None else img_size)
+    grids = list(zip(_sides(arch, size[0]), _sides(arch, size[1])))
+    if min(min(grid) for grid in grids) < 1:
+        min_side = next(s for s in range(1, 1 << 16) if min(_sides(arch, s)) >= 1)
+        raise ModelConfigError(
+            f"T2T-ViT soft splits {arch.soft_splits} leave no tokens for a {size[0]}x{size[1]} "
+            f"image; use at least {min_side} px per side (default {arch.img_size})"
+        )
     return grids
+
+
+def _sides(arch: T2TArch, side: int) -> list[int]:
+    """Grid side after each soft split (nn.Unfold arithmetic)."""
+    sides = []
+    for kernel, stride, padding in arch.soft_splits:
+        side = (side + 2 * padding - kernel) // stride + 1
+        sides.append(side)
+    return sides
 
 
 def sinusoid_position_embedding(n_positions: int, dim: int) -> torch.Tensor:
