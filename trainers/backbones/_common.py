@@ -1,0 +1,69 @@
+"""Helpers shared by the backbone builders: architecture overrides and locality block selection."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping, TypeVar
+
+from ..config import ModelConfigError
+from ..locality import LocalitySpec, resolve_layers
+
+__all__ = ["apply_arch_overrides", "img_hw", "locality_blocks"]
+
+A = TypeVar("A")
+
+
+def apply_arch_overrides(arch: A, overrides: Mapping[str, Any], *, model: str = "model") -> A:
+    """`dataclasses.replace` with a clear error for an unknown key; lists become tuples."""
+    valid = [f.name for f in dataclasses.fields(arch)]
+    unknown = [k for k in overrides if k not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise ModelConfigError(
+            f"unknown architecture key(s) for {model}: {', '.join(hints)}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    for key, value in values.items():
+        current = getattr(arch, key)
+        if not _same_kind(current, value):
+            raise ModelConfigError(
+                f"architecture key {key!r} of {model} expects a value like {current!r} "
+                f"({type(current).__name__}) but got {value!r}"
+            )
+    return dataclasses.replace(arch, **values)
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    if isinstance(current, bool):
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if isinstance(current, int):
+        return isinstance(value, int)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    if isinstance(current, tuple):
+        return isinstance(value, tuple) and len(value) > 0
+    return isinstance(value, type(current))
+
+
+def locality_blocks(spec: LocalitySpec | None, depth: int) -> frozenset[int]:
+    """0-based indices of the blocks that get the locality FFN (empty when locality is off)."""
+    return frozenset() if spec is None else resolve_layers(spec.layers, depth)
+
+
+def img_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of an int or a pair; rejects anything else with a clear message."""
+    if isinstance(img_size, int) and not isinstance(img_size, bool) and img_size > 0:
+        return img_size, img_size
+    if (isinstance(img_size, (tuple, list)) and len(img_size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in img_size)):
+        return int(img_size[0]), int(img_size[1])
+    raise ModelConfigError(
+        f"img_size must be a positive integer or a (height, width) pair but got {img_size!r}"
+    )

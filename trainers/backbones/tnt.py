@@ -1,0 +1,134 @@
+"""Transformer-in-Transformer with the locality FFN in selected outer blocks (LocalViT-TNT).
+
+timm's `TNT` with its legacy layout (pixel embedding conv on the whole image, per-block
+`LayerNorm(inner_dim)` + biased projection) is the layout of the TNT the LocalViT authors build
+on, and gives TNT-T's published 6.1 M parameters. Each selected block (1-based over the 12 blocks)
+is rebuilt as `LocalityTNTBlock`: the inner transformer keeps its GELU MLP, the outer
+`norm_mlp + mlp` becomes `LocalityFeedForward` on the patch grid; the class token bypasses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.layers import DropPath
+from timm.models.tnt import TNT, Block as TNTBlock
+
+from ..config import ModelConfigError
+from ..locality import LocalityFeedForward, LocalitySpec
+from ._common import img_hw, locality_blocks
+
+__all__ = ["LocalityTNTBlock", "LocalTNT", "TNTArch", "build_tnt", "check_img_size", "num_blocks"]
+
+
+@dataclass(frozen=True)
+class TNTArch:
+    """A TNT size. TNT-T (LocalViT table 5): patch 16, outer dim 192, inner dim 12, 12 blocks,
+    3 outer and 3 inner heads, no qkv bias, legacy layout."""
+
+    patch_size: int = 16
+    embed_dim: int = 192
+    inner_dim: int = 12
+    depth: int = 12
+    num_heads_outer: int = 3
+    num_heads_inner: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    first_stride: int = 4
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads_outer or self.inner_dim % self.num_heads_inner:
+            raise ModelConfigError(
+                f"TNT embed_dim {self.embed_dim} / inner_dim {self.inner_dim} must be divisible "
+                f"by num_heads_outer {self.num_heads_outer} / num_heads_inner "
+                f"{self.num_heads_inner}"
+            )
+
+
+class LocalityTNTBlock(TNTBlock):
+    """timm's TNT block whose outer `norm_mlp + mlp` is the locality FFN."""
+
+    def __init__(self, *, locality: LocalitySpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        del self.norm_mlp, self.mlp
+        self.ffn = LocalityFeedForward(kwargs["dim_out"], locality, device=kwargs.get("device"),
+                                       dtype=kwargs.get("dtype"))
+        self.grid: tuple[int, int] | None = None
+
+    def forward(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.grid is not None, "LocalityTNTBlock.grid is set by its model before use"
+        # Inner transformer: unchanged.
+        pixel_embed = pixel_embed + self.drop_path(self.attn_in(self.norm_in(pixel_embed)))
+        pixel_embed = pixel_embed + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel_embed)))
+        # Pixel -> patch projection (legacy or not, as timm's block), class token untouched.
+        batch, n, _ = patch_embed.shape
+        if self.norm2_proj is None:
+            pixels = self.proj(self.norm1_proj(pixel_embed).reshape(batch, n - 1, -1))
+        else:
+            pixels = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, n - 1, -1))))
+        patch_embed = torch.cat([patch_embed[:, :1], patch_embed[:, 1:] + pixels], dim=1)
+        # Outer transformer: attention as timm, then the locality FFN (drop-path on attention only).
+        patch_embed = patch_embed + self.drop_path(self.attn_out(self.norm_out(patch_embed)))
+        return pixel_embed, self.ffn(patch_embed, self.grid, 1)
+
+
+class LocalTNT(TNT):
+    """timm's TNT with the blocks in `locality_at` (0-based) rebuilt as LocalityTNTBlocks."""
+
+    def __init__(self, *, locality: LocalitySpec | None = None,
+                 locality_at: frozenset[int] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        num_pixel = self.pixel_embed.new_patch_size[0] * self.pixel_embed.new_patch_size[1]
+        for i in sorted(locality_at):
+            old = self.blocks[i]
+            new = LocalityTNTBlock(
+                locality=locality,
+                dim=kwargs["inner_dim"],
+                dim_out=self.embed_dim,
+                num_pixel=num_pixel,
+                num_heads_in=old.attn_in.num_heads,
+                num_heads_out=old.attn_out.num_heads,
+                mlp_ratio=kwargs["mlp_ratio"],
+                qkv_bias=old.attn_in.qk.bias is not None,
+                drop_path=old.drop_path.drop_prob if isinstance(old.drop_path, DropPath) else 0.0,
+                legacy=old.legacy,
+            )
+            new.apply(self._init_weights)  # TNT's own init (Linear trunc-normal, LayerNorm 1/0)
+            new.grid = tuple(self.pixel_embed.grid_size)
+            self.blocks[i] = new
+
+
+def num_blocks(arch: TNTArch) -> int:
+    return arch.depth
+
+
+def check_img_size(arch: TNTArch, img_size: int | tuple[int, int]) -> None:
+    height, width = img_hw(img_size)
+    if height % arch.patch_size or width % arch.patch_size:
+        raise ModelConfigError(
+            f"image size {height}x{width} is not divisible by the patch size {arch.patch_size}; "
+            f"use a multiple of {arch.patch_size}"
+        )
+    if arch.patch_size % arch.first_stride:
+        raise ModelConfigError(
+            f"patch_size {arch.patch_size} must be a multiple of first_stride {arch.first_stride} "
+            "(each patch holds (patch/stride)^2 pixel tokens)"
+        )
+
+
+def build_tnt(arch: TNTArch, *, locality: LocalitySpec | None, num_classes: int = 1000,
+              img_size: int | tuple[int, int] = 224, drop_path_rate: float = 0.0,
+              in_chans: int = 3) -> LocalTNT:
+    check_img_size(arch, img_size)
+    return LocalTNT(
+        locality=locality,
+        locality_at=locality_blocks(locality, arch.depth),
+        img_size=img_hw(img_size), patch_size=arch.patch_size, in_chans=in_chans,
+        num_classes=num_classes, embed_dim=arch.embed_dim, inner_dim=arch.inner_dim,
+        depth=arch.depth, num_heads_inner=arch.num_heads_inner,
+        num_heads_outer=arch.num_heads_outer, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv_bias,
+        drop_path_rate=drop_path_rate, first_stride=arch.first_stride, legacy=True,
+    )
