@@ -46,6 +46,8 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 8000
 _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
+# Trial-level values the trainer may also report every epoch; one MLflow point each is enough.
+_ONCE = ("params", "macs")
 
 
 def default_tracking_uri(storage_dir: str | os.PathLike) -> str:
@@ -118,6 +120,7 @@ class MlflowSink:
         self._reused: set[str] = set()               # run ids found from an earlier driver
         self._logged_upto: dict[str, int] = {}       # run id -> last epoch already in MLflow
         self._open: set[str] = set()                 # trial keys started and not finished here
+        self._finished: set[str] = set()             # trial keys finished by this driver
 
     # -- Sink protocol ---------------------------------------------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
@@ -213,6 +216,8 @@ class MlflowSink:
         now = int(time.time() * 1000)
         batch = []
         for name, value in metrics.items():
+            if name in _ONCE:
+                continue  # constant per trial: logged once, when the trial finishes
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 try:
                     value = float(value)
@@ -234,14 +239,19 @@ class MlflowSink:
             "params": outcome.params, "macs": outcome.macs, "wall_time_s": outcome.wall_time_s,
             f"best/{self._metric}": outcome.best.get(self._metric),
         }
+        logged: Mapping[str, float] = {}
+        if run_id in self._reused or outcome.key in self._finished:
+            # A replayed finish: a value already there would become a second point.
+            logged = client.get_run(run_id).data.metrics
         metrics = [Metric(_metric_name(k), float(v), now, 0) for k, v in values.items()
-                   if v is not None]
+                   if v is not None and logged.get(_metric_name(k)) != float(v)]
         tags = {"status": outcome.status, "stop_reason": outcome.stop_reason,
                 "epochs_run": str(outcome.epochs_run)}
         client.log_batch(run_id, metrics=metrics,
                          tags=[RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()])
         client.set_terminated(run_id, "FAILED" if outcome.status == "failed" else "FINISHED")
         self._open.discard(outcome.key)
+        self._finished.add(outcome.key)
 
     def finish(self, *, interrupted: bool = False) -> None:
         if self._client is None:
@@ -279,7 +289,7 @@ class MlflowSink:
                 run = self._client.get_run(run_id)
                 for name in run.data.metrics:
                     for m in self._client.get_metric_history(run_id, name):
-                        if not (name in ("params", "macs", "wall_time_s")
+                        if not (name in (*_ONCE, "wall_time_s")
                                 or name.startswith("best/")):
                             last = max(last, m.step)
             self._logged_upto[run_id] = last

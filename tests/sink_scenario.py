@@ -20,7 +20,8 @@ def _info(key: str, arm: str, seed: int, overrides: dict) -> TrialInfo:
 
 
 def curve(key: str, n: int) -> list[tuple[str, int, dict]]:
-    return [(key, e, {METRIC: 0.5 + 0.1 * e, "train/loss": 1.0 / e, "lr": 1e-3})
+    return [(key, e, {METRIC: 0.5 + 0.1 * e, "train/loss": 1.0 / e, "lr": 1e-3,
+              "params": 1300.0})
             for e in range(1, n + 1)]
 
 

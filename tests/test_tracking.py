@@ -78,6 +78,8 @@ def test_params_are_flattened_and_epochs_logged_once_with_step_epoch(recorded):
     assert runs["k_fail"].data.params["model.locality.layers"] == "[1, 2]"
     assert relu.data.metrics["params"] == 1300 and relu.data.metrics["macs"] == 60000
     assert relu.data.metrics[f"best/{METRIC}"] == pytest.approx(0.6)
+    # Reported every epoch by the trainer, logged once per run.
+    assert len(client.get_metric_history(relu.info.run_id, "params")) == 1
     history = client.get_metric_history(runs["k_base"].info.run_id, METRIC)
     # Fed twice (first driver + replay), in MLflow once per epoch.
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.6), (2, 0.7), (3, 0.8)]
