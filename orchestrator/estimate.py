@@ -26,7 +26,7 @@ class Estimate:
     trials: int
     epochs_max: int                 # sum over trials of train.epochs
     train_macs: float               # upper bound, multiply-adds
-    macs_per_image: dict[str, int]  # model label -> forward MACs per image
+    macs_per_image: dict[str, tuple[int, int]]  # backbone@size -> (min, max) forward MACs/image
     assumed_sizes: bool             # True when an imagefolder was counted as ImageNet-1k
 
 
@@ -48,6 +48,8 @@ def _sizes(cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
 
 
 def _model_macs(cfg: Mapping[str, Any], cache: dict[str, int]) -> tuple[str, int]:
+    import torch
+
     from trainers import profile, registry
     from trainers.config import TrainConfig
     from trainers.train import resolve_img_size
@@ -56,20 +58,27 @@ def _model_macs(cfg: Mapping[str, Any], cache: dict[str, int]) -> tuple[str, int
     img = resolve_img_size(tc)
     ident = json.dumps([tc.model.model_dump(mode="json"), img], sort_keys=True)
     if ident not in cache:
-        model = registry.build_from_config(tc.model, num_classes=10, img_size=img)
-        cache[ident] = profile.count_macs(model, img)
+        try:
+            # Shapes only: on the meta device nothing is allocated or computed (seconds -> ms).
+            with torch.device("meta"):
+                model = registry.build_from_config(tc.model, num_classes=10, img_size=img)
+                cache[ident] = profile.count_macs(model, img)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            model = registry.build_from_config(tc.model, num_classes=10, img_size=img)
+            cache[ident] = profile.count_macs(model, img)
     return f"{tc.model.backbone}@{img}px", cache[ident]
 
 
 def estimate_plan(plan: Plan) -> Estimate:
     configs = [t.config for t in plan.trials] or [plan.search_base] * plan.num_trials
     cache: dict[str, int] = {}
-    per_model: dict[str, int] = {}
+    per_model: dict[str, tuple[int, int]] = {}
     total = 0.0
     assumed = False
     for cfg in configs:
         label, macs = _model_macs(cfg, cache)
-        per_model.setdefault(label, macs)
+        lo, hi = per_model.get(label, (macs, macs))
+        per_model[label] = (min(lo, macs), max(hi, macs))
         n_train, n_val, guessed = _sizes(cfg)
         assumed |= guessed
         train = cfg["train"]

@@ -3,9 +3,11 @@
 An arm is a named point of the design; a trial is an arm x seed. How the design becomes arms:
 
 - `baseline`: base + the `baseline` overrides, named "baseline" (the reference arm).
-- `ofat` (one factor at a time): the `base` arm itself (named "base", the centre point) plus one arm
-  per axis value applied to base alone, named `<short key>=<value>` (`act=relu6`, `layers=1-4`),
-  or by the mapping's items when the value is a mapping (`expansion=2,reduction=96`).
+- `ofat` (one factor at a time): the `base` arm itself (named by `base_arm`, default "base": the
+  centre point) plus one arm per axis value applied to base alone, named `<short key>=<value>`
+  (`act=relu6`, `layers=1-4`), or by the mapping's items when the value is a mapping
+  (`expansion=2,reduction=96`). Every ofat arm differs from base in exactly one factor; the
+  baseline is the reference the report compares every arm against.
 - `factorial`: one arm per combination of all axes' values applied to base
   (`act=relu6,layers=1-4`); base itself is not an arm unless a combination equals it.
 - `arms`: explicit named arms (base + their overrides) for one-off controls.
@@ -153,7 +155,7 @@ def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str]]:
     points = [("baseline", dict(spec.baseline), "baseline")]
     short = _short_names(spec.axes)
     if spec.design == "ofat":
-        points.append(("base", {}, "base"))
+        points.append((spec.base_arm, {}, "base"))
         for key, values in spec.axes.items():
             for i, value in enumerate(values):
                 points.append((_label(short[key], value), {key: value}, f"axes.{key}[{i}]"))
@@ -176,6 +178,7 @@ def build_plan(
     *,
     source: str,
     smoke: bool = False,
+    data_required: bool = True,
     validate: Callable[[TrainConfig], None] | None = None,
 ) -> Plan:
     """Arms x seeds with keys; every resolved config is validated (schema, then `validate`).
@@ -183,21 +186,27 @@ def build_plan(
     `validate` defaults to the trainer's own check (model exists, layer range fits, data
     readable); it raises trainers.config.ConfigError, reported with the spec key that made the
     config. With `smoke`, every config is checked as written and then shrunk to CPU minutes.
+    Without `data_required` (a dry run, a cluster whose workers hold the data, --smoke) a dataset
+    this machine cannot read becomes a plan warning and everything else is still checked.
     """
     from orchestrator import smoke as smoke_mod
 
     validate = validate or _trainer_validate
     base = dict(spec.base)
     checked: dict[str, dict[str, Any]] = {}
+    warnings: dict[str, None] = {}
 
     def resolve_checked(overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
         cfg = _resolve(base, overrides, f"{source}: {where}")
         key = trial_key(cfg)
         if key not in checked:
-            _run_check(validate, cfg, f"{source}: {where}")
+            need_data = data_required and not smoke
+            problem = _run_check(validate, cfg, f"{source}: {where}", data_required=need_data)
+            if problem:
+                warnings[problem] = None
             if smoke:
                 small = smoke_mod.shrink_config(cfg)
-                _run_check(validate, small, f"{source}: {where} (--smoke)")
+                _run_check(validate, small, f"{source}: {where} (--smoke)", data_required=True)
                 cfg = small
             checked[key] = cfg
         return checked[key]
@@ -210,7 +219,7 @@ def build_plan(
                                 f"search.space.{key}.{dom.kind}[{i}]")
         _check_metric(spec, [search_base], source)
         return Plan(spec=spec, source=source, arms=(Arm("hpo", {}),), trials=(),
-                    search_base=search_base, smoke=smoke)
+                    search_base=search_base, smoke=smoke, warnings=tuple(warnings))
 
     arms: list[Arm] = []
     arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
@@ -231,7 +240,8 @@ def build_plan(
             cfg = dict(arm_cfgs[arm.name], seed=seed)
             trials.append(PlannedTrial(trial_key(cfg), arm.name, seed, cfg, arm.aliases))
     _check_metric(spec, list(arm_cfgs.values()), source)
-    return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke)
+    return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
+                warnings=tuple(warnings))
 
 
 def _domain_probe_values(dom) -> list[Any]:
@@ -239,11 +249,44 @@ def _domain_probe_values(dom) -> list[Any]:
     return list(dom.values)
 
 
-def _run_check(validate: Callable[[TrainConfig], None], cfg: Mapping[str, Any], where: str) -> None:
+def _run_check(validate: Callable[[TrainConfig], None], cfg: Mapping[str, Any], where: str, *,
+               data_required: bool) -> str | None:
+    """Raise PlanError if `cfg` is not a valid trial; return the data problem if it was waived
+    (one message for every config that shares the dataset)."""
+    from trainers.data import check_data
+
+    tc = TrainConfig.model_validate(cfg)
+    waived = None
+    if not data_required:
+        try:
+            check_data(tc.data)
+        except ConfigError as exc:
+            waived = f"{exc} (the data is not checked on this machine)"
+            tc = tc.model_copy(update={"data": _stand_in_data(tc)})
     try:
-        validate(TrainConfig.model_validate(cfg))
+        validate(tc)
     except ConfigError as exc:
-        raise PlanError(f"{where}: {exc}") from None
+        raise PlanError(f"{where}: {_with_key_path(str(exc))}") from None
+    return waived
+
+
+def _stand_in_data(cfg: TrainConfig):
+    """A dataset every check accepts at the same image size, for data this machine lacks: the
+    rest of the config (model, image size, optimizer, batch size, augmentation) is still checked."""
+    from trainers.registry import default_img_size
+
+    img = cfg.data.img_size or default_img_size(cfg.model.backbone)
+    return cfg.data.model_copy(update={"name": "synthetic", "root": None, "img_size": img,
+                                       "synthetic_train": 10**9})
+
+
+def _with_key_path(message: str) -> str:
+    """Model errors name knobs relative to `model` ('locality.act ...'); give the full key path."""
+    if message.startswith("unknown model"):
+        return f"model.backbone: {message}"
+    if message.startswith(("locality", "arch")):
+        return f"model.{message}"
+    return message
 
 
 def _trainer_validate(cfg: TrainConfig) -> None:

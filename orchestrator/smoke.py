@@ -22,7 +22,7 @@ __all__ = ["SMOKE_EPOCHS", "shrink_config", "shrink_spec"]
 SMOKE_EPOCHS = 3
 SMOKE_STEPS_PER_EPOCH = 4
 SMOKE_BATCH = 64
-SMOKE_SEEDS = 2
+SMOKE_SEEDS = 1
 SMOKE_SAMPLES = 4
 # Light augmentation: 8x8 digits upsampled to 16-32 px have nothing for RandAugment or erasing.
 _SMOKE_AUG = {"auto_augment": None, "color_jitter": 0.0, "reprob": 0.0, "mixup": 0.0,
@@ -83,7 +83,7 @@ def shrink_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def shrink_spec(spec: SweepSpec) -> SweepSpec:
-    """The run-level part of --smoke: 1 CPU per trial, no GPU, 2 seeds, few samples, quick ASHA."""
+    """The run-level part of --smoke: 1 CPU per trial, no GPU, the first seed, few samples, quick ASHA."""
     search = spec.search
     update: dict[str, Any] = {}
     if search.asha is not None:

@@ -152,6 +152,8 @@ class SweepSpec(_Strict):
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     design: Literal["ofat", "factorial"] = "ofat"
+    # Name of the arm that is base itself (the centre point of an ofat design).
+    base_arm: str = "base"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
     run: RunSpec = Field(default_factory=RunSpec)
@@ -397,7 +399,6 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
             raise SpecError(str(exc)) from None
         for key, value in items.items():
             raw = _apply_set(raw, key, value)
-        source = f"{path.name} (with --set {', '.join(items)})"
     return spec_from_dict(raw, source=source)
 
 

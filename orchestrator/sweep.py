@@ -84,7 +84,9 @@ def _print_plan(plan, console) -> None:
     console.print(f"resources per trial: cpu {res.cpu:g}, gpu {res.gpu:g}  max concurrent: "
                   f"{spec.run.max_concurrent or 'as resources allow'}  storage: "
                   f"{spec.run.storage}")
-    models = ", ".join(f"{k} {_fmt_macs(v)}/image" for k, v in est.macs_per_image.items())
+    models = ", ".join(
+        f"{k} {_fmt_macs(lo)}" + (f"-{_fmt_macs(hi)}" if _fmt_macs(hi) != _fmt_macs(lo) else "")
+        + "/image" for k, (lo, hi) in est.macs_per_image.items())
     console.print(f"epochs at most: {est.epochs_max} (trials x train.epochs)")
     console.print(f"estimated compute: at most {_fmt_macs(est.train_macs)} of training "
                   f"(3 x forward MACs x images x epochs, before early stopping"
@@ -105,11 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False)
     try:
         spec = load_spec(args.spec, args.sets)
-        source = os.path.basename(args.spec) + (f" (with --set {', '.join(args.sets)})"
-                                                if args.sets else "")
+        source = os.path.basename(args.spec)
         if args.smoke:
             spec = shrink_spec(spec)
-        plan = build_plan(spec, source=source, smoke=args.smoke)
+        # The data must be readable here only when the trials will run here.
+        plan = build_plan(spec, source=source, smoke=args.smoke,
+                          data_required=not (args.dry_run or args.address))
+        for warning in plan.warnings:
+            err.print(f"warning: {warning}", markup=False, soft_wrap=True)
         if args.dry_run:
             _print_plan(plan, console)
             return 0

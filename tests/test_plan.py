@@ -1,0 +1,139 @@
+"""Plans: arms x seeds with stable keys, aliases for identical configs, every trial validated
+against the real registry and trainer before launch, and --smoke keeping the design."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import PlanError
+from orchestrator.plan import build_plan, resolve_sample, trial_key
+from orchestrator.smoke import shrink_config, shrink_spec
+from orchestrator.spec import load_spec, spec_from_dict
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def small_spec(**changes):
+    raw = {
+        "name": "t",
+        "base": {"model": {"backbone": "localvit_micro"}, "data": {"name": "digits"},
+                 "train": {"epochs": 2, "batch_size": 32, "ema": False}},
+        "baseline": {"model.backbone": "vit_micro"},
+        "axes": {"model.locality.act": ["relu6", "hs"]},
+        "seeds": [0, 1],
+    }
+    raw.update(changes)
+    return spec_from_dict(raw, source="t.yaml")
+
+
+def test_arms_times_seeds_seed_major_with_unique_stable_keys():
+    plan = build_plan(small_spec(), source="t.yaml")
+    assert [a.name for a in plan.arms] == ["baseline", "base", "act=relu6", "act=hs"]
+    assert [(t.arm, t.seed) for t in plan.trials][:4] == [
+        ("baseline", 0), ("base", 0), ("act=relu6", 0), ("act=hs", 0)]
+    assert len(plan.trials) == 8 == plan.num_trials
+    keys = [t.key for t in plan.trials]
+    assert len(set(keys)) == 8 and all(len(k) == 12 for k in keys)
+    again = build_plan(small_spec(), source="t.yaml")
+    assert [t.key for t in again.trials] == keys
+    assert all(t.config["seed"] == t.seed for t in plan.trials)
+    assert pickle.loads(pickle.dumps(plan.trials)) == plan.trials
+
+
+def test_trial_key_ignores_execution_settings_only():
+    cfg = build_plan(small_spec(), source="t.yaml").trials[0].config
+    assert trial_key({**cfg, "threads": 7}) == trial_key(cfg)
+    assert trial_key({**cfg, "seed": 99}) != trial_key(cfg)
+    assert trial_key({**cfg, "train": {**cfg["train"], "lr": 0.5}}) != trial_key(cfg)
+
+
+def test_identical_configs_run_once_under_the_first_name():
+    plan = build_plan(small_spec(baseline={}), source="t.yaml")
+    assert plan.arms[0].name == "baseline" and plan.arms[0].aliases == ("base",)
+    assert len(plan.trials) == 3 * 2
+    assert {t.aliases for t in plan.trials if t.arm == "baseline"} == {("base",)}
+
+
+def test_ablation_plan_is_the_papers_design():
+    plan = build_plan(load_spec(SPACES / "ablation.yaml"), source="ablation.yaml",
+                      data_required=False)
+    names = [a.name for a in plan.arms]
+    assert names[:2] == ["baseline", "localvit_t"]
+    for arm in ("act=relu6", "act=hs+ecah", "reduction=4", "layers=1-4", "layers=9-12",
+                "expansion=1,reduction=48", "gamma=6,act=relu6", "deit_tiny,mlp_ratio=6",
+                "no-dwconv"):
+        assert arm in names
+    # axis values equal to the centre point are the centre point, not extra trials
+    centre = plan.arms[1]
+    assert {"act=hs+se", "reduction=192", "layers=all", "expansion=4,reduction=192"} \
+        == set(centre.aliases)
+    assert len(plan.arms) == 19 and len(plan.trials) == 57
+    assert plan.warnings and "data.root" in plan.warnings[0]
+    base = next(t for t in plan.trials if t.arm == "baseline")
+    assert base.backbone == "deit_tiny" and base.config["model"]["locality"] is None
+
+
+def test_factorial_design_names_every_combination():
+    spec = small_spec(design="factorial", baseline={},
+                      axes={"model.locality.act": ["relu6", "hs"],
+                            "model.locality.layers": ["1-2", "all"]})
+    plan = build_plan(spec, source="t.yaml")
+    names = [a.name for a in plan.arms]
+    assert "act=relu6,layers=1-2" in names and "act=hs,layers=all" in names
+    assert len(names) == 5            # baseline (= base) + 4 combinations
+
+
+@pytest.mark.parametrize("changes,needles", [
+    ({"axes": {"model.locality.layers": ["1-4", "3-9"]}},
+     ["t.yaml: axes.model.locality.layers[1]", "outside this model's 4 blocks"]),
+    ({"baseline": {"model.backbone": "vit_mikro"}},
+     ["t.yaml: baseline: model.backbone: unknown model 'vit_mikro'", "did you mean vit_micro"]),
+    ({"axes": {"model.locality.act": ["relu6", "gelu"]}},
+     ["t.yaml: axes.model.locality.act[1]", "model.locality.act"]),
+    ({"arms": {"wide": {"model.arch": {"mlp_ratioo": 6}}}}, ["t.yaml: arms.wide", "mlp_ratioo"]),
+    ({"search": {"metric": "val_ema/top1"}},
+     ["t.yaml: search.metric: no trial of", "train.ema=false", "val/top1"]),
+    ({"search": {"metric": "accuracy"}}, ["search.metric", "pick one of"]),
+])
+def test_invalid_trials_are_caught_before_launch(changes, needles):
+    with pytest.raises(PlanError) as err:
+        build_plan(small_spec(**changes), source="t.yaml")
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+def test_missing_data_is_an_error_when_trials_run_here():
+    spec = small_spec(base={"model": {"backbone": "localvit_micro"},
+                            "data": {"name": "imagefolder", "root": "/nonexistent/imagenet"},
+                            "train": {"epochs": 2, "batch_size": 32}})
+    with pytest.raises(PlanError, match="baseline: data.root '/nonexistent/imagenet'"):
+        build_plan(spec, source="t.yaml")
+    assert build_plan(spec, source="t.yaml", data_required=False).warnings
+
+
+def test_smoke_keeps_the_design_at_cpu_scale():
+    spec = shrink_spec(load_spec(SPACES / "ablation.yaml"))
+    plan = build_plan(spec, source="ablation.yaml", smoke=True)
+    assert spec.seeds == [0] and spec.run.resources_per_trial.gpu == 0
+    assert spec.search.asha.grace_period == 1
+    by_arm = {t.arm: t.config for t in plan.trials}
+    assert by_arm["baseline"]["model"]["backbone"] == "vit_micro"
+    assert by_arm["layers=9-12"]["model"]["locality"]["layers"] == "3-4"
+    assert by_arm["layers=1-4"]["model"]["locality"]["layers"] == "1-2"
+    for cfg in by_arm.values():
+        assert cfg["data"]["name"] == "digits" and cfg["device"] == "cpu"
+        assert cfg["train"]["epochs"] == 3 and cfg["train"]["steps_per_epoch"] <= 4
+    # the five placement arms stay five distinct trials
+    layer_arms = [a for a in by_arm if a.startswith("layers=")]
+    assert len({trial_key(by_arm[a]) for a in layer_arms}) == len(layer_arms) == 4
+    assert shrink_config(by_arm["no-dwconv"]) == by_arm["no-dwconv"]   # idempotent
+
+
+def test_search_plan_resolves_samples_into_the_base():
+    spec = shrink_spec(load_spec(SPACES / "hpo.yaml"))
+    plan = build_plan(spec, source="hpo.yaml", smoke=True)
+    assert plan.is_search and plan.trials == () and plan.num_trials == 4
+    cfg = resolve_sample(plan.search_base, {"train.lr": 1e-3, "model.drop_path": 0.1})
+    assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["drop_path"] == 0.1
+    assert cfg["model"]["backbone"] == "localvit_micro"
