@@ -120,6 +120,10 @@ class AugConfig(_Frozen):
     color_jitter: float = Field(default=0.4, ge=0.0)
     reprob: float = Field(default=0.25, ge=0.0, le=1.0)
     interpolation: str = "bicubic"
+    # Random-resized-crop area range and horizontal-flip probability (timm's `scale`, `hflip`);
+    # small images of digits want a gentler crop and no flip.
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = Field(default=0.5, ge=0.0, le=1.0)
     crop_pct: float = Field(default=0.875, gt=0.0, le=1.0)
     mixup: float = Field(default=0.8, ge=0.0)
     cutmix: float = Field(default=1.0, ge=0.0)

@@ -35,6 +35,7 @@ __all__ = [
     "check_data",
     "make_loader",
     "num_classes",
+    "train_size",
 ]
 
 # Held-out split of digits is fixed, independent of the trial seed, so every trial of a sweep is
@@ -124,6 +125,17 @@ def num_classes(cfg: DataConfig) -> int:
     raise ConfigError(f"data.name must be one of {', '.join(DATASETS)} but got {cfg.name!r}")
 
 
+def train_size(cfg: DataConfig) -> int | None:
+    """Number of training images where it is known without scanning files (None: imagefolder)."""
+    if cfg.name == "digits":
+        return len(_digits_split(cfg.val_fraction)[2])
+    if cfg.name in _CIFAR:
+        return 50_000
+    if cfg.name == "synthetic":
+        return cfg.synthetic_train
+    return None
+
+
 # ------------------------------------------------------------------------------------ transforms
 
 def train_transform(aug: AugConfig, img_size: int) -> Callable:
@@ -135,6 +147,8 @@ def train_transform(aug: AugConfig, img_size: int) -> Callable:
         color_jitter=aug.color_jitter,
         auto_augment=aug.auto_augment,
         interpolation=aug.interpolation,
+        scale=tuple(aug.scale),
+        hflip=aug.hflip,
         re_prob=aug.reprob,
         re_mode="pixel",  # DeiT erases with per-pixel noise
         re_count=1,
