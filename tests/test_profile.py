@@ -1,0 +1,92 @@
+"""Parameter and MAC counting (closed forms, attention and depth-wise convs included) and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from trainers import profile, registry
+
+
+def vit_macs(depth, dim, tokens, mlp_ratio, patch, classes, in_chans=3, prefix=1):
+    """Closed-form MACs of a class-token ViT: every linear, conv and attention matmul."""
+    n = tokens + prefix
+    block = n * dim * 3 * dim + 2 * n * n * dim + n * dim * dim + 2 * n * dim * mlp_ratio * dim
+    return tokens * dim * in_chans * patch * patch + depth * block + dim * classes
+
+
+def locality_extra_macs(depth, dim, tokens, expansion, se_hidden):
+    """What the locality FFN adds over the MLP: the 3x3 depth-wise conv and SE, minus the class
+    token's MLP (the FFN skips prefix tokens)."""
+    hidden = expansion * dim
+    dw = tokens * hidden * 9
+    se = 2 * hidden * se_hidden
+    return depth * (dw + se - 2 * dim * hidden)
+
+
+def test_count_params_is_all_parameters():
+    model = registry.create_model("localvit_t2t_micro")
+    assert profile.count_params(model) == sum(p.numel() for p in model.parameters())
+    assert any(not p.requires_grad for p in model.parameters())  # frozen ones count too
+
+
+def test_deit_tiny_macs_closed_form_includes_attention():
+    model = registry.create_model("deit_tiny")
+    want = vit_macs(12, 192, 196, 4, 16, 1000)
+    assert profile.count_macs(model, 224) == want
+    assert abs(want / 1e9 - 1.26) < 0.01
+
+
+def test_locality_adds_under_two_percent_macs_to_deit_tiny():
+    base = profile.count_macs(registry.create_model("deit_tiny"), 224)
+    local = profile.count_macs(registry.create_model("localvit_tiny"), 224)
+    assert local - base == locality_extra_macs(12, 192, 196, 4, 4)
+    assert 0 < (local - base) / base < 0.02
+
+
+def test_micro_macs_closed_form_and_depthwise_counted():
+    plain = profile.count_macs(registry.create_model("vit_micro"), 16)
+    local = profile.count_macs(registry.create_model("localvit_micro"), 16)
+    assert plain == vit_macs(4, 64, 16, 4, 4, 1000)
+    assert local - plain == locality_extra_macs(4, 64, 16, 4, 4)
+
+
+def test_count_macs_leaves_training_state_alone():
+    model = registry.create_model("localvit_micro", img_size=(16, 24)).train()
+    bn = model.blocks[0].ffn.conv[1]
+    before = bn.running_mean.clone()
+    profile.count_macs(model, (16, 24))
+    assert model.training and torch.equal(bn.running_mean, before)
+
+
+def test_images_per_s_is_measured():
+    ips = profile.measure_images_per_s(registry.create_model("vit_micro"), 16, batch_size=4,
+                                       steps=2, warmup=1)
+    assert ips > 0
+
+
+def test_cli_json(capsys):
+    code = profile.main(["localvit_micro", "vit_micro", "--json", "--no-speed",
+                         "--set", "locality.act=relu6", "--set", "locality.layers=1-2"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["model"] for r in lines] == ["localvit_micro", "vit_micro"]
+    for rec in lines:
+        assert rec["params"] > 0 and rec["macs"] > 0
+        assert rec["locality"]["act"] == "relu6" and rec["locality"]["layers"] == "1-2"
+
+
+def test_cli_table_shows_paper_figures(capsys):
+    assert profile.main(["deit_tiny", "--no-speed"]) == 0
+    out = capsys.readouterr().out
+    assert "5,717,416" in out and "5.7 M" in out and "1.254 G" in out and "MACs" in out
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["deit_tinny", "--no-speed"], "did you mean deit_tiny"),
+    (["vit_micro", "--no-speed", "--set", "locality.act=gelu"], "relu6, hs"),
+    (["vit_micro", "--no-speed", "--set", "train.lr=1"], "expected locality.KNOB"),
+])
+def test_cli_errors_exit_2(capsys, argv, pattern):
+    assert profile.main(argv) == 2
+    assert pattern in capsys.readouterr().err
