@@ -16,6 +16,7 @@ import math
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from rich.console import Console, Group
@@ -64,7 +65,7 @@ class ProgressSink:
         self._mode = "max"
         self._total: int | None = None
         self._t0 = time.monotonic()
-        self._infos: dict[str, TrialInfo] = {}
+        self._names: dict[str, str] = {}               # key -> "arm/seedk"
         self._state: dict[str, str] = {}              # key -> running|completed|stopped|failed
         self._epoch: dict[str, int] = {}
         self._value: dict[str, float] = {}             # key -> latest value of the metric
@@ -77,6 +78,7 @@ class ProgressSink:
               metric: str, mode: str, total_trials: int | None) -> None:
         self._reset()
         self._sweep, self._metric, self._mode, self._total = sweep_name, metric, mode, total_trials
+        self._load_finished(storage_dir)
         if self.console is None:
             self.console = Console(stderr=True)
         if self.live is None:
@@ -91,7 +93,7 @@ class ProgressSink:
 
     def trial_started(self, info: TrialInfo) -> None:
         with self._lock:
-            self._infos[info.key] = info
+            self._names[info.key] = f"{info.arm}/seed{info.seed}"
             self._state[info.key] = "running"
             self._max_running = max(self._max_running, self._count("running"))
         if not self.live:
@@ -130,6 +132,23 @@ class ProgressSink:
         word = "interrupted" if interrupted else "finished"
         self._line(f"sweep {self._sweep} {word} after {_duration(self._elapsed())}: {counts}")
 
+    def _load_finished(self, storage_dir: str) -> None:
+        """After --resume: trials finished by an earlier driver count as finished, not pending."""
+        path = Path(storage_dir) / "trials.parquet"
+        if not path.is_file():
+            return
+        import pyarrow.parquet as pq
+
+        cols = ["trial_key", "arm", "seed", "status", "metric_best", "wall_time_s"]
+        for row in pq.read_table(path, columns=cols).to_pylist():
+            key = row["trial_key"]
+            self._state[key] = row["status"]
+            self._names[key] = f"{row['arm']}/seed{row['seed']}"
+            if row["wall_time_s"] is not None:
+                self._durations.append(float(row["wall_time_s"]))
+            if row["metric_best"] is not None and not math.isnan(row["metric_best"]):
+                self._offer_best(float(row["metric_best"]), key)
+
     # -- state -----------------------------------------------------------------------------------
     def _offer_best(self, value: float, key: str) -> None:
         better = self._best is None or (
@@ -154,9 +173,7 @@ class ProgressSink:
         return statistics.fmean(self._durations) * left / max(1, self._max_running)
 
     def _label(self, key: str) -> str:
-        info = self._infos.get(key)
-        name = f"{info.arm}/seed{info.seed}" if info else "?"
-        return f"{key[:8]} {name}"
+        return f"{key[:8]} {self._names.get(key, '?')}"
 
     def _line(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")

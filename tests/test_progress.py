@@ -8,6 +8,7 @@ import re
 from rich.console import Console
 
 from orchestrator.progress import ProgressSink, print_summary
+from orchestrator.tables import ParquetSink
 
 try:
     from sink_scenario import METRIC, feed, scenario
@@ -93,3 +94,15 @@ def test_summary_per_arm_with_mean_std_over_completed_seeds_and_the_mlflow_comma
     assert "Results:  /data/sweeps/unit" in out
     assert ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri "
             "sqlite:////data/sweeps/mlflow.db --workers 1 --host 127.0.0.1 --port 5000") in out
+
+
+def test_after_resume_trials_finished_earlier_count_as_finished(tmp_path):
+    feed(ParquetSink(), tmp_path)            # the first driver recorded three trials
+    console, buf = _console(terminal=False)
+    sink = ProgressSink(console=console)
+    sink.start(sweep_name="unit", storage_dir=str(tmp_path), spec={}, metric=METRIC, mode="max",
+               total_trials=5)
+    assert [sink._count(s) for s in ("pending", "running", "completed", "stopped", "failed")] \
+        == [2, 0, 1, 1, 1]
+    assert sink._best == (0.8, "k_base")
+    assert sink._eta() is not None
