@@ -53,12 +53,13 @@ class SinkCallback(Callback):
         self._best: dict[str, float] = {}
         self._epochs: dict[str, int] = {}
         self.finished = False
+        self.interrupted = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
         for name in ("_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
-                     "_last", "_best", "_epochs", "finished"):
+                     "_last", "_best", "_epochs", "finished", "interrupted"):
             state.pop(name, None)
         return state
 
@@ -171,7 +172,12 @@ class SinkCallback(Callback):
         self._emit("trial_finished", outcome)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.finish(interrupted=False)
+        # Tune ends the loop quietly on Ctrl-C (state saved): unfinished trials tell it apart.
+        done = {"TERMINATED", "ERROR"}
+        total = self._start_kwargs.get("total_trials")
+        self.interrupted = any(t.status not in done for t in trials) or (
+            total is not None and self._search_base is not None and len(trials) < total)
+        self.finish(interrupted=self.interrupted)
 
     def finish(self, *, interrupted: bool) -> None:
         if self.finished:

@@ -239,6 +239,7 @@ def run_sweep(
         interrupted, num_errors = True, 0
     finally:
         callback.finish(interrupted=interrupted)
+    interrupted = interrupted or callback.interrupted
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
                        interrupted=interrupted, sink_errors=list(callback.sink_errors))
