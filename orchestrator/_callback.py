@@ -54,12 +54,15 @@ class SinkCallback(Callback):
         self._epochs: dict[str, int] = {}
         self.finished = False
         self.interrupted = False
+        self._started_ids: set[str] = set()
+        self._finished_ids: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
         for name in ("_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
-                     "_last", "_best", "_epochs", "finished", "interrupted"):
+                     "_last", "_best", "_epochs", "finished", "interrupted", "_started_ids",
+                     "_finished_ids"):
             state.pop(name, None)
         return state
 
@@ -102,6 +105,7 @@ class SinkCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._planned(trial)
         self._started_at.setdefault(trial.trial_id, time.time())
+        self._started_ids.add(trial.trial_id)
         tags = {"tune_trial_id": trial.trial_id}
         if p.aliases:
             tags["aliases"] = ";".join(p.aliases)
@@ -156,6 +160,7 @@ class SinkCallback(Callback):
             outcome = self._outcome(trial, "failed", f"ended after {epochs} of {planned_epochs} "
                                                      f"epochs without an error or a stop decision")
         self.outcomes[p.key] = outcome
+        self._finished_ids.add(trial.trial_id)
         self._emit("trial_finished", outcome)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -169,14 +174,19 @@ class SinkCallback(Callback):
         reason = "error: " + (lines[-1] if lines else "the trial raised (see Tune's error.txt)")
         outcome = self._outcome(trial, "failed", reason[:2000])
         self.outcomes[p.key] = outcome
+        self._finished_ids.add(trial.trial_id)
         self._emit("trial_finished", outcome)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Tune ends the loop quietly on Ctrl-C (state saved): unfinished trials tell it apart.
-        done = {"TERMINATED", "ERROR"}
+        # Tune ends its loop quietly on Ctrl-C (state saved) and then stops the running trials,
+        # so their status says little: a trial started here without an outcome, or one never
+        # started that an earlier driver did not finish either, means the sweep was cut short.
         total = self._start_kwargs.get("total_trials")
-        self.interrupted = any(t.status not in done for t in trials) or (
-            total is not None and self._search_base is not None and len(trials) < total)
+        self.interrupted = any(
+            t.trial_id not in self._finished_ids
+            and (t.trial_id in self._started_ids or t.status not in ("TERMINATED", "ERROR"))
+            for t in trials
+        ) or (total is not None and self._search_base is not None and len(trials) < total)
         self.finish(interrupted=self.interrupted)
 
     def finish(self, *, interrupted: bool) -> None:
