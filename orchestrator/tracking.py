@@ -13,6 +13,11 @@ an explicit `MlflowClient` and run ids, never the fluent active-run stack. Layou
 ASHA ends a trial by stopping it, which MLflow would record as FINISHED like a completed one: the
 `status` tag (completed | stopped | failed) and `stop_reason` say which it was.
 
+The MLflow calls run in order on one background thread (`_background.SerialWorker`), so the
+import, the database set-up and every write overlap with the trials instead of holding up Tune's
+scheduling loop; `finish()` waits for them, and the first MLflow error is raised from the next
+call (the runner then reports it). `background=False` makes every call synchronous.
+
 Idempotent across `--resume`: `start()` finds the sweep's parent run by its tags and the existing
 child runs by their `trial_key` tag and reuses them; an epoch already in a reused run's history is
 not logged twice. So a trial key always has exactly one child run.
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator._background import SerialWorker
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._provenance import provenance
 from orchestrator.events import TrialInfo, TrialOutcome
@@ -108,8 +114,10 @@ def _chunks(items: list, size: int):
 class MlflowSink:
     """Records a sweep in MLflow from the driver. Nothing MLflow is created before `start()`."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, background: bool = True) -> None:
         self.tracking_uri = tracking_uri
+        self.background = background
+        self._worker: SerialWorker | None = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client: Any = None
@@ -122,16 +130,47 @@ class MlflowSink:
         self._open: set[str] = set()                 # trial keys started and not finished here
         self._finished: set[str] = set()             # trial keys finished by this driver
 
-    # -- Sink protocol ---------------------------------------------------------------------------
+    # -- Sink protocol: queue the call for the worker thread ----------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
               metric: str, mode: str, total_trials: int | None) -> None:
+        if self.tracking_uri is None:
+            # storage_dir is the sweep's own folder <storage>/<name>/; the store is shared.
+            self.tracking_uri = default_tracking_uri(Path(storage_dir).resolve().parent)
+        self._worker = SerialWorker("MlflowSink", background=self.background)
+        self._worker.submit(self._start, sweep_name, dict(spec), metric, mode, total_trials)
+
+    def trial_started(self, info: TrialInfo) -> None:
+        self._require_worker().submit(self._trial_started, info)
+
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._require_worker().submit(self._epoch, key, epoch, dict(metrics))
+
+    def trial_finished(self, outcome: TrialOutcome) -> None:
+        self._require_worker().submit(self._trial_finished, outcome)
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        """Log everything still queued (this may take a moment after a long backlog), then end."""
+        worker = self._worker
+        if worker is None:
+            return
+        try:
+            worker.submit(self._finish, interrupted)
+        except RuntimeError:
+            pass  # an earlier MLflow call failed: close() raises that error
+        worker.close()
+
+    def _require_worker(self) -> SerialWorker:
+        if self._worker is None:
+            raise RuntimeError("MlflowSink.start() must be called before trial events")
+        return self._worker
+
+    # -- the MLflow calls, on the worker thread ----------------------------------------------------
+    def _start(self, sweep_name: str, spec: Mapping[str, Any], metric: str, mode: str,
+               total_trials: int | None) -> None:
         import mlflow  # noqa: F401  (imported here: ~3 s, and only the driver needs it)
         from mlflow import MlflowClient
 
         _quiet_mlflow()
-        if self.tracking_uri is None:
-            # storage_dir is the sweep's own folder <storage>/<name>/; the store is shared.
-            self.tracking_uri = default_tracking_uri(Path(storage_dir).resolve().parent)
         db = _sqlite_path(self.tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +219,8 @@ class MlflowSink:
                 if run.data.params:
                     self._has_params.add(run.info.run_id)
 
-    def trial_started(self, info: TrialInfo) -> None:
-        client = self._require_client()
+    def _trial_started(self, info: TrialInfo) -> None:
+        client = self._client
         tags = {
             **{str(k): str(v) for k, v in info.tags.items()},
             "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self._sweep,
@@ -206,10 +245,10 @@ class MlflowSink:
             self._has_params.add(run_id)
         self._open.add(info.key)
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    def _epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
-        client = self._require_client()
+        client = self._client
         run_id = self._run_of(key)
         if int(epoch) <= self._already_logged(run_id):
             return
@@ -229,10 +268,10 @@ class MlflowSink:
         # A retried trial reports its epochs again: MLflow would keep both points per step.
         self._logged_upto[run_id] = max(self._logged_upto[run_id], int(epoch))
 
-    def trial_finished(self, outcome: TrialOutcome) -> None:
+    def _trial_finished(self, outcome: TrialOutcome) -> None:
         from mlflow.entities import Metric, RunTag
 
-        client = self._require_client()
+        client = self._client
         run_id = self._run_of(outcome.key)
         now = int(time.time() * 1000)
         values: dict[str, float | int | None] = {
@@ -253,9 +292,7 @@ class MlflowSink:
         self._open.discard(outcome.key)
         self._finished.add(outcome.key)
 
-    def finish(self, *, interrupted: bool = False) -> None:
-        if self._client is None:
-            return
+    def _finish(self, interrupted: bool) -> None:
         for key in sorted(self._open):
             run_id = self._runs[key]
             self._set_tags(run_id, {"status": "interrupted",
@@ -267,11 +304,6 @@ class MlflowSink:
         self._client.set_terminated(self.parent_run_id, "KILLED" if interrupted else "FINISHED")
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _require_client(self) -> Any:
-        if self._client is None:
-            raise RuntimeError("MlflowSink.start() must be called before trial events")
-        return self._client
-
     def _run_of(self, key: str) -> str:
         run_id = self._runs.get(key)
         if run_id is None:

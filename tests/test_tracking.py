@@ -99,7 +99,8 @@ def test_parent_run_has_the_spec_and_provenance(recorded, tmp_path):
 
 def test_interrupted_sweep_marks_open_runs_killed_and_mlflow_stays_quiet(tmp_path, capfd):
     infos, epochs, outcomes = scenario()
-    sink = MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # Synchronous here (the module fixture covers the background thread).
+    sink = MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}", background=False)
     # k_fail never finishes: the driver is stopped while it runs.
     feed(sink, tmp_path / "unit", (infos, epochs, outcomes[:2]), finish=False)
     sink.finish(interrupted=True)
@@ -138,3 +139,13 @@ def test_mlflow_ui_command_is_accepted_by_mlflow_ui(tmp_path):
     ctx = cli.get_command(None, "ui").make_context("ui", args)  # `ui` aliases `server`
     assert ctx.params["backend_store_uri"] == uri
     assert ctx.params["host"] == "127.0.0.1" and str(ctx.params["workers"]) == "1"
+
+
+def test_an_mlflow_error_is_raised_from_the_next_call_with_its_cause(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    sink = MlflowSink(f"sqlite:///{blocker}/mlflow.db")   # its folder cannot be created
+    sink.start(sweep_name="unit", storage_dir=str(tmp_path / "unit"), spec={}, metric=METRIC,
+               mode="max", total_trials=1)
+    with pytest.raises(RuntimeError, match="MlflowSink failed: FileExistsError"):
+        sink.finish()
