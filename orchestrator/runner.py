@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from orchestrator.errors import ResumeError, StorageError
 from orchestrator.events import Sink, TrialOutcome

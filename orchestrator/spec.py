@@ -19,15 +19,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator._yaml import read_yaml
 from orchestrator.errors import SpecError
 from trainers.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
-    format_validation_error,
     parse_set_args,
     train_config_from_dict,
 )
@@ -191,49 +190,6 @@ def _check_train_key(dotted: str) -> str | None:
     return f"unknown trial config key '{dotted}'; {fix}"
 
 
-# ---------------------------------------------------------------------------------- YAML loading
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.2 style)."""
-
-
-def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file; give the path to a sweep YAML "
-                        f"(for example search_spaces/quickstart.yaml)")
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark else path.name
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{where}: YAML syntax error: {problem}; fix the YAML there "
-                        f"(indentation, quoting, a missing ':')") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path.name}: a sweep spec is a mapping with name, base, axes, seeds, "
-                        f"search and run but the file holds {type(data).__name__}")
-    return data
-
-
 # Spec sections whose keys are themselves dotted TrainConfig keys: `--set axes.model.locality.act=[hs]`
 # addresses the axis `model.locality.act`, not a nested mapping.
 _FLAT_SECTIONS = (("axes",), ("baseline",), ("search", "space"))
@@ -389,7 +345,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     `axes.model.locality.act=[hs,relu6]`, `search.scheduler=none`.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     source = path.name
     if overrides:
         try:
@@ -400,8 +356,3 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
         for key, value in items.items():
             raw = _apply_set(raw, key, value)
     return spec_from_dict(raw, source=source)
-
-
-def format_error_for(source: str, err: ValidationError) -> str:
-    """A TrainConfig ValidationError as `source: key.path: problem` lines (used by plan.py)."""
-    return "\n".join(f"{source}: {line}" for line in format_validation_error(err, TrainConfig))
