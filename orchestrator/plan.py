@@ -305,6 +305,15 @@ def reported_metrics(cfg: TrainConfig) -> set[str]:
 
 
 def _check_metric(spec: SweepSpec, configs: list[Mapping[str, Any]], source: str) -> None:
+    """The metric is reported by every trial, and ASHA's first rung comes before the last epoch."""
+    asha = spec.search.asha
+    max_epochs = max(c["train"]["epochs"] for c in configs)
+    if asha is not None and asha.grace_period > max_epochs:
+        raise PlanError(
+            f"{source}: search.scheduler.asha.grace_period: {asha.grace_period} is more than the "
+            f"{max_epochs} epochs any trial runs, so ASHA could never stop a trial; lower it "
+            f"(for example to {max(1, max_epochs // 5)})"
+        )
     metric = spec.search.metric
     for cfg in configs:
         names = reported_metrics(TrainConfig.model_validate(cfg))

@@ -159,7 +159,7 @@ def _scheduler(plan: Plan) -> Any:
     from orchestrator.trainable import EPOCH_KEY
 
     return RecordingASHA(time_attr=EPOCH_KEY, max_t=plan.max_epochs,
-                         grace_period=min(asha.grace_period, plan.max_epochs),
+                         grace_period=asha.grace_period,
                          reduction_factor=asha.reduction_factor)
 
 

@@ -95,6 +95,8 @@ def test_factorial_design_names_every_combination():
     ({"search": {"metric": "val_ema/top1"}},
      ["t.yaml: search.metric: no trial of", "train.ema=false", "val/top1"]),
     ({"search": {"metric": "accuracy"}}, ["search.metric", "pick one of"]),
+    ({"search": {"scheduler": {"asha": {"grace_period": 5}}}},
+     ["search.scheduler.asha.grace_period: 5 is more than the 2 epochs"]),
 ])
 def test_invalid_trials_are_caught_before_launch(changes, needles):
     with pytest.raises(PlanError) as err:
