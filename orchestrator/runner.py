@@ -72,11 +72,31 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
         if not state.is_file():
             raise ResumeError(f"{plan.source}: --resume: no saved sweep '{plan.spec.name}' in "
                               f"{root} (expected {state}); run without --resume to start it")
+        _check_same_sweep(plan, target / "spec.yaml")
     elif target.exists() and any(target.iterdir()):
         raise StorageError(f"{where}: a sweep named '{plan.spec.name}' already exists in "
                            f"{target}; pass --resume to continue it, or start a new one with "
                            f"--set name=<new name> (or remove that folder)")
     return target
+
+
+def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
+    """--resume continues the sweep it saved: same spec, same --set values, same --smoke."""
+    import json
+
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = json.loads(json.dumps(_resolved_spec(plan)))
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if differ:
+        raise ResumeError(
+            f"{plan.source}: --resume: this is not the sweep saved in {saved_path.parent} "
+            f"({', '.join(differ)} differ from its spec.yaml); resume with the same spec file, "
+            f"--set options and --smoke as the run that started it"
+        )
 
 
 def default_sinks(tracking_uri: str) -> list[Sink]:

@@ -142,6 +142,15 @@ def test_resume_adds_no_runs_and_no_rows(smoke):
     assert len(trials_of(storage, "quickstart")) == before == len(mlflow_runs(storage, "quickstart"))
 
 
+def test_resume_of_a_different_sweep_is_refused(smoke, capsys):
+    storage, _ = smoke
+    code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--resume",
+                 "--set", f"run.storage={storage}", "--set", "seeds=[7]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--resume: this is not the sweep saved" in err and "seeds" in err
+
+
 def test_rerun_without_resume_is_refused(smoke, capsys):
     storage, _ = smoke
     code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--set", f"run.storage={storage}"])
