@@ -130,7 +130,7 @@ class MlflowSink:
         self._open: set[str] = set()                 # trial keys started and not finished here
         self._finished: set[str] = set()             # trial keys finished by this driver
 
-    # -- Sink protocol: queue the call for the worker thread ----------------------------------------
+    # -- Sink protocol: queue the call for the worker thread --------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
               metric: str, mode: str, total_trials: int | None) -> None:
         if self.tracking_uri is None:
@@ -164,11 +164,10 @@ class MlflowSink:
             raise RuntimeError("MlflowSink.start() must be called before trial events")
         return self._worker
 
-    # -- the MLflow calls, on the worker thread ----------------------------------------------------
+    # -- the MLflow calls, on the worker thread ---------------------------------------------------
     def _start(self, sweep_name: str, spec: Mapping[str, Any], metric: str, mode: str,
                total_trials: int | None) -> None:
-        import mlflow  # noqa: F401  (imported here: ~3 s, and only the driver needs it)
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # imported here: ~3 s, and only the driver needs it
 
         _quiet_mlflow()
         db = _sqlite_path(self.tracking_uri)
@@ -303,7 +302,7 @@ class MlflowSink:
                        {"sweep_status": "interrupted" if interrupted else "finished"})
         self._client.set_terminated(self.parent_run_id, "KILLED" if interrupted else "FINISHED")
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- helpers ----------------------------------------------------------------------------------
     def _run_of(self, key: str) -> str:
         run_id = self._runs.get(key)
         if run_id is None:
