@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="shrink the sweep to CPU minutes (small variants, digits, few steps)")
     p.add_argument("--address", default=None,
-                   help="connect to a running Ray cluster (e.g. auto or ray://host:10001)")
+                   help="connect to a running Ray cluster instead of starting one here: "
+                        "`auto` (or host:6379) on the cluster's head node, where the sweep "
+                        "runs so that MLflow and Parquet stay on the head")
     return p
 
 
