@@ -154,8 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         # Found only once data or model were built (e.g. an empty imagefolder split): leave no
         # half-written run behind if this call created the directory.
-        if created and not (args.out / CHECKPOINT_NAME).exists():
-            shutil.rmtree(args.out, ignore_errors=True)
+        if not args.resume and not (args.out / CHECKPOINT_NAME).exists():
+            if created:
+                shutil.rmtree(args.out, ignore_errors=True)
+            else:
+                for name in (CONFIG_FILE, "metrics.jsonl"):
+                    (args.out / name).unlink(missing_ok=True)
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     except TrialDiverged as exc:
