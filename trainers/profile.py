@@ -17,6 +17,7 @@ Usage: python -m trainers.profile localvit_tiny deit_tiny [--set locality.act=re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -145,12 +146,13 @@ def _profile_one(name: str, locality: Any, arch: dict[str, Any], img_size: int |
     out: dict[str, Any] = {
         "model": name,
         "img_size": size,
-        "locality": None if spec is None else {**spec.__dict__, "layers": str(spec.layers)},
+        "locality": (None if spec is None
+                     else {**dataclasses.asdict(spec), "layers": str(spec.layers)}),
         "arch": arch,
         "params": count_params(model),
         "macs": count_macs(model, size),
         # The paper's figures describe the default variant at 224 px only.
-        "paper": (row.paper.__dict__ if row.paper is not None and size == 224 and not arch
+        "paper": (dataclasses.asdict(row.paper) if row.paper is not None and size == 224 and not arch
                   and locality == "default" else None),
         "macs_counted": MACS_COUNTED,
     }

@@ -278,13 +278,13 @@ def _timm_entrypoint(name: str):
 
 def _register_with_timm() -> tuple[str, ...]:
     """Register every variant with timm, never replacing a model timm itself defines."""
-    from timm.models import _registry
-    from timm.models import is_model, register_model
+    from timm.models import is_model, is_model_in_modules, register_model
 
     ours = sys.modules[__name__]
+    module = __name__.split(".")[-1]  # timm keys its registry by the last module name part
     skipped = []
     for name in VARIANTS:
-        if is_model(name) and _registry._model_to_module.get(name) != __name__.split(".")[-1]:
+        if is_model(name) and not is_model_in_modules(name, [module]):
             skipped.append(name)
             continue
         fn = register_model(_timm_entrypoint(name))
