@@ -22,7 +22,7 @@ import yaml
 
 from trainers._checkpoint import CHECKPOINT_NAME
 from trainers.config import ConfigError, apply_overrides, parse_set_args, train_config_from_dict
-from trainers.train import TrainConfig, TrialDiverged, train, validate_config
+from trainers.train import TrainConfig, TrialDiverged, check_resume, train, validate_config
 
 CONFIG_FILE = "config.yaml"
 
@@ -138,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = resolve_cli_config(args)
         validate_config(cfg)
         _check_out(args.out, args.resume)
+        if args.resume:
+            check_resume(cfg, args.out)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
 
     created = not args.out.exists()
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume:
         (args.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     console.print(f"training {cfg.model.backbone} on {cfg.data.name} for {cfg.train.epochs} "
-                  f"epochs (seed {cfg.seed}) -> {args.out}", highlight=False)
+                  f"epochs (seed {cfg.seed}) -> {args.out}", highlight=False, soft_wrap=True)
     try:
         result = train(cfg, TableReporter(console, cfg.train.ema), out_dir=args.out,
                        resume_from=args.out if args.resume else None)
@@ -160,10 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for name in (CONFIG_FILE, "metrics.jsonl"):
                     (args.out / name).unlink(missing_ok=True)
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except TrialDiverged as exc:
-        err.print(f"[red]diverged:[/red] {exc}", highlight=False)
+        err.print(f"[red]diverged:[/red] {exc}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print(f"interrupted; continue with: python -m trainers.train --out {args.out} "
@@ -172,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(
         f"done: {result.epochs_run} epochs, final val/top1 {result.final['val/top1']:.4f}, "
         f"best {result.best_top1:.4f}, {result.params:,} params, {result.macs:,} MACs, "
-        f"{result.wall_time_s:.1f} s; metrics in {args.out / 'metrics.jsonl'}", highlight=False)
+        f"{result.wall_time_s:.1f} s; metrics in {args.out / 'metrics.jsonl'}", highlight=False,
+        soft_wrap=True)
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "TrialDiverged",
     "TrialResult",
+    "check_resume",
     "resolve_device",
     "resolve_img_size",
     "train",
@@ -126,6 +127,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"aug: timm cannot build the transforms ({exc!r}); check "
                           f"aug.auto_augment (e.g. rand-m9-mstd0.5-inc1) and aug.interpolation "
                           f"(bicubic, bilinear, nearest)") from None
+
+
+def check_resume(cfg: TrainConfig, resume_from: str | Path) -> None:
+    """Raise ConfigError unless `resume_from` holds a checkpoint that `cfg` can continue."""
+    _check_resume_compatible(load_checkpoint(resume_from)["config"], cfg)
 
 
 def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig) -> None:
