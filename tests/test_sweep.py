@@ -163,13 +163,13 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
     code = main([str(SPACES / "quickstart.yaml"), "--dry-run", "--set", f"run.storage={storage}"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "trials: 9 (arms x seeds)" in out and "epochs at most: 180" in out
+    assert "trials: 9 (arms x seeds)" in out and "epochs at most: 135" in out
     assert "estimated compute" in out and not storage.exists()
 
 
 BAD = {
     "unknown key": (("seeds:", "sedes:"), "quickstart.yaml: sedes: unknown key; did you mean 'seeds'?"),
-    "wrong type": (("epochs: 20", "epochs: twenty"), "base: train.epochs"),
+    "wrong type": (("epochs: 15", "epochs: fifteen"), "base: train.epochs"),
     "unknown backbone": (("backbone: localvit_micro", "backbone: localvit_mikro"),
                          "base: model.backbone: unknown model 'localvit_mikro'"),
     "unknown activation": (("[relu6]", "[relu6, gelu]"), "axes.model.locality.act[1]"),
