@@ -27,6 +27,7 @@ from trainers.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    field_names,
     parse_set_args,
     train_config_from_dict,
 )
@@ -235,7 +236,7 @@ def _format_spec_error(err: ValidationError, source: str) -> str:
         loc = [p for p in e["loc"] if not _union_tag(p)]
         path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
         if e["type"] == "extra_forbidden":
-            valid = _spec_field_names(loc[:-1])
+            valid = field_names(SweepSpec, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
             lines.append(f"{source}: {path}: unknown key; {fix} (valid keys: {', '.join(valid)})")
@@ -246,21 +247,6 @@ def _format_spec_error(err: ValidationError, source: str) -> str:
             else:
                 lines.append(f"{where}: {e['msg']} but got {e.get('input')!r}")
     return "\n".join(dict.fromkeys(lines))
-
-
-def _spec_field_names(loc: Sequence[Any]) -> list[str]:
-    cls: Any = SweepSpec
-    for part in loc:
-        field = getattr(cls, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        cands = [ann, *getattr(ann, "__args__", ())]
-        cands += [a for c in list(cands) for a in getattr(c, "__args__", ())]
-        cls = next((c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if cls is None:
-            return []
-    return list(getattr(cls, "model_fields", {}))
 
 
 def _check_semantics(spec: SweepSpec, source: str) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "field_names",
     "format_validation_error",
     "parse_set_args",
     "train_config_from_dict",
@@ -150,15 +151,19 @@ class TrainConfig(_Frozen):
         return t.lr if t.lr is not None else t.base_lr * t.batch_size / 512
 
 
-def _field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[str]:
-    """The valid keys at `path` inside `model_cls` (for did-you-mean hints)."""
+def field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[str]:
+    """The valid keys at `path` inside `model_cls` (for did-you-mean hints).
+
+    Looks through Optional / Union / container annotations (one level of nesting each) for the
+    pydantic model that holds the next key.
+    """
     cls: Any = model_cls
     for part in path:
         field = getattr(cls, "model_fields", {}).get(part)
         if field is None:
             return []
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        candidates += [a for c in list(candidates) for a in getattr(c, "__args__", ())]
         cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if cls is None:
             return []
@@ -182,7 +187,7 @@ def format_validation_error(
         path = ".".join(str(p) for p in loc)
         full = f"{prefix}{path}" if path else prefix.rstrip(".")
         if e["type"] == "extra_forbidden":
-            valid = _field_names(model_cls, loc[:-1])
+            valid = field_names(model_cls, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
             lines.append(f"{full}: unknown key; {fix} (valid keys: {', '.join(valid)})")

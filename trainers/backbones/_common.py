@@ -6,10 +6,13 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, TypeVar
 
+from timm.layers import trunc_normal_
+from torch import nn
+
 from ..config import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
-__all__ = ["apply_arch_overrides", "img_hw", "locality_blocks"]
+__all__ = ["apply_arch_overrides", "img_hw", "init_vit_weights", "locality_blocks"]
 
 A = TypeVar("A")
 
@@ -67,3 +70,14 @@ def img_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     raise ModelConfigError(
         f"img_size must be a positive integer or a (height, width) pair but got {img_size!r}"
     )
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """The PVT / T2T authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

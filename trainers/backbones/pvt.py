@@ -24,6 +24,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
 from torch import nn
 
 from ..config import ModelConfigError
+from ._common import init_vit_weights
 from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
 
 __all__ = [
@@ -277,7 +278,7 @@ class PyramidVisionTransformer(nn.Module):
         for stage in self.stages:
             trunc_normal_(stage.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -304,17 +305,6 @@ class PyramidVisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # The authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms.
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def build_pvt(arch: PVTArch, *, locality: LocalitySpec | None = None, num_classes: int = 1000,

@@ -28,6 +28,7 @@ from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from ..config import ModelConfigError
+from ._common import init_vit_weights
 from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
 
 __all__ = [
@@ -275,7 +276,7 @@ class T2TViT(nn.Module):
             "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
         }
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -306,17 +307,6 @@ class T2TViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # The authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms.
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def build_t2t(arch: T2TArch, *, locality: LocalitySpec | None = None,
