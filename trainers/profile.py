@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["MACS_COUNTED", "count_macs", "count_params", "main", "make_train_step",
-           "measure_images_per_s"]
+__all__ = ["MACS_COUNTED", "count_macs", "count_params", "count_trainable_params", "main",
+           "make_train_step", "measure_images_per_s"]
 
 MACS_COUNTED = ("MACs = FLOPs/2 of every linear, conv (depth-wise included) and matmul "
                 "(attention included), one image, eval mode; norms, activations, softmax not "
@@ -39,6 +39,12 @@ MACS_COUNTED = ("MACs = FLOPs/2 of every linear, conv (depth-wise included) and 
 def count_params(model: nn.Module) -> int:
     """All of `model.parameters()` (frozen ones included; BatchNorm buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def count_trainable_params(model: nn.Module) -> int:
+    """Parameters with requires_grad: what the authors' training script prints and the paper's
+    table reports (it differs from count_params only for T2T's frozen tables)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _sdpa_macs_as_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=None,
@@ -150,6 +156,7 @@ def _profile_one(name: str, locality: Any, arch: dict[str, Any], img_size: int |
                      else {**dataclasses.asdict(spec), "layers": str(spec.layers)}),
         "arch": arch,
         "params": count_params(model),
+        "trainable_params": count_trainable_params(model),
         "macs": count_macs(model, size),
         # The paper's figures describe the default variant at 224 px only.
         "paper": (dataclasses.asdict(row.paper) if row.paper is not None and size == 224 and not arch
@@ -168,7 +175,8 @@ def _format(rec: dict[str, Any]) -> str:
     p_params = f"{paper['params_m']:.1f} M" if paper.get("params_m") else "-"
     p_macs = f"{paper['macs_g']:.1f} G" if paper.get("macs_g") else "-"
     speed = f"{rec['images_per_s']:8.1f}" if "images_per_s" in rec else "       -"
-    return (f"{rec['model']:<22} {rec['img_size']:>4} {rec['params']:>12,} {p_params:>8} "
+    return (f"{rec['model']:<22} {rec['img_size']:>4} {rec['params']:>12,} "
+            f"{rec['trainable_params']:>12,} {p_params:>8} "
             f"{rec['macs'] / 1e9:9.3f} G {p_macs:>7} {speed}")
 
 
@@ -192,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         locality, arch = _overrides(args.overrides)
         if not args.json:
-            print(f"{'model':<22} {'px':>4} {'params':>12} {'paper':>8} {'MACs':>11} "
+            print(f"{'model':<22} {'px':>4} {'params':>12} {'trainable':>12} {'paper':>8} "
+                  f"{'MACs':>11} "
                   f"{'paper':>7} {'img/s':>8}")
         for name in args.models:
             rec = _profile_one(name, locality, arch, args.img_size, not args.no_speed,
@@ -203,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.json:
         print(f"\n{MACS_COUNTED}.\nimg/s: forward+backward, batch {args.batch_size}, "
-              f"{torch.get_num_threads()} threads; paper = LocalViT table 5 (224 px).")
+              f"{torch.get_num_threads()} threads; paper = LocalViT table 5 (224 px), whose params "
+              "are the trainable ones (T2T's frozen projections and position table excluded).")
     return 0
 
 
