@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['MlflowSink_wall_s']:.2f} ({r['MlflowSink_cpu_s']:.2f}) | "
               f"{r['ProgressSink_wall_s']:.3f} | {r['sinks_wall_s'] / med('bare', 'wall_s'):.1%} |")
     pairs = [o["wall_s"] / b["wall_s"] for (_, _, b), (_, _, o) in zip(rows[::2], rows[1::2])]
-    print(f"\nwall ratio per (bare, orchestrated) pair: "
+    print("\nwall ratio per (bare, orchestrated) pair: "
           + ", ".join(f"{p:.3f}" for p in pairs))
     ratio = med("orchestrated", "wall_s") / med("bare", "wall_s")
     print(f"\nmedian wall: bare {med('bare', 'wall_s'):.1f} s, orchestrated "

@@ -27,7 +27,7 @@ from trainers.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
-    field_names,
+    format_validation_error,
     parse_set_args,
     train_config_from_dict,
 )
@@ -219,34 +219,8 @@ def _apply_set(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ validation
 
-def _union_tag(part: Any) -> bool:
-    """pydantic's loc entries that name a union branch rather than a key."""
-    return isinstance(part, str) and (
-        part in {"str", "int", "float", "bool", "none", "list", "dict"}
-        or re.fullmatch(r"[\w-]+\[.*\]", part) is not None
-        or part in {"SchedulerSpec", "AlgorithmSpec", "AshaSpec", "OptunaSpec"}
-    )
-
-
 def _format_spec_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        if e["type"] in ("literal_error", "none_required") and isinstance(e.get("input"), Mapping):
-            continue
-        loc = [p for p in e["loc"] if not _union_tag(p)]
-        path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
-        if e["type"] == "extra_forbidden":
-            valid = field_names(SweepSpec, loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
-            lines.append(f"{source}: {path}: unknown key; {fix} (valid keys: {', '.join(valid)})")
-        else:
-            where = f"{source}: {path or '(top level)'}"
-            if e["type"] == "value_error":  # our own validators already say what they got
-                lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-            else:
-                lines.append(f"{where}: {e['msg']} but got {e.get('input')!r}")
-    return "\n".join(dict.fromkeys(lines))
+    return "\n".join(format_validation_error(err, SweepSpec, prefix=f"{source}: "))
 
 
 def _check_semantics(spec: SweepSpec, source: str) -> None:

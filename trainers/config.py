@@ -170,30 +170,41 @@ def field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[s
     return list(getattr(cls, "model_fields", {}))
 
 
+# pydantic's loc entries that name a union branch rather than a key: builtin type tags
+# ('int', 'str', 'none'), parametrised tags ("literal['default']", 'list[int]') and model classes
+# ('LocalityConfig', 'AshaSpec'); every key of our schemas is lower-case.
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in _TYPE_TAGS or "[" in part or (part[:1].isupper() and part.isidentifier())
+    )
+
+
 def format_validation_error(
-    err: ValidationError, model_cls: type[BaseModel] = None, prefix: str = ""
+    err: ValidationError, model_cls: type[BaseModel] | None = None, prefix: str = ""
 ) -> list[str]:
-    """One line per problem: `key.path: what is wrong; how to fix`."""
+    """One line per problem: `<prefix>key.path[i]: what is wrong; how to fix`."""
     model_cls = model_cls or TrainConfig
     lines = []
-    errors = err.errors()
-    for e in errors:
+    for e in err.errors():
         # A mapping given where a union also allows a literal or null: the mapping branch's own
         # errors say what is wrong, the "should be 'default'" line would only confuse.
         if e["type"] in ("literal_error", "none_required") and isinstance(e.get("input"), Mapping):
             continue
-        # Drop pydantic's union-branch markers (e.g. 'LocalityConfig', "literal['default']").
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
-        path = ".".join(str(p) for p in loc)
-        full = f"{prefix}{path}" if path else prefix.rstrip(".")
+        loc = [p for p in e["loc"] if not _is_union_tag(p)]
+        path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+        where = f"{prefix}{path or '(top level)'}"
         if e["type"] == "extra_forbidden":
             valid = field_names(model_cls, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
-            lines.append(f"{full}: unknown key; {fix} (valid keys: {', '.join(valid)})")
+            lines.append(f"{where}: unknown key; {fix} (valid keys: {', '.join(valid)})")
+        elif e["type"] == "value_error":  # our own validators already say what they got
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
-            got = e.get("input")
-            lines.append(f"{full}: {e['msg']} but got {got!r}")
+            lines.append(f"{where}: {e['msg']} but got {e.get('input')!r}")
     # A union reports one line per branch; keep each message once.
     return list(dict.fromkeys(lines))
 
