@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from model_checks import check_trains
 
 from trainers.backbones.pvt import PVT_ARCHS, PVTArch, build_pvt, check_pvt_img_size, pvt_depth
 from trainers.config import ModelConfigError
@@ -85,30 +86,18 @@ def test_expansion_from_spec_uses_one_gamma_everywhere():
         build_pvt(MICRO, locality=spec, expansion_from="stage")
 
 
-def _check_trains(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
-    model.train()
-    out = model(x)
-    assert out.shape == (x.shape[0], classes)
-    assert torch.isfinite(out).all()
-    out.logsumexp(dim=1).mean().backward()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None, f"{name} got no gradient"
-            assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-
-
 @pytest.mark.parametrize("locality", [None, LOCAL], ids=["pvt_micro", "localvit_pvt_micro"])
 def test_micro_forward_backward(locality):
     torch.manual_seed(0)
     model = build_pvt(MICRO, locality=locality, num_classes=10, drop_path_rate=0.1)
-    _check_trains(model, torch.randn(2, 3, 32, 32), 10)
+    check_trains(model, torch.randn(2, 3, 32, 32), 10)
 
 
 def test_non_square_input():
     torch.manual_seed(0)
     model = build_pvt(MICRO, locality=LOCAL, num_classes=5, img_size=(16, 48))
     assert [s.grid for s in model.stages] == [(8, 24), (4, 12), (2, 6), (1, 3)]
-    _check_trains(model, torch.randn(2, 3, 16, 48), 5)
+    check_trains(model, torch.randn(2, 3, 16, 48), 5)
 
 
 def test_class_token_bypasses_the_locality_ffn():
@@ -178,7 +167,7 @@ def test_tiny_224_forward_backward_and_macs(locality, macs):
 
     torch.manual_seed(0)
     model = build_pvt(TINY, locality=locality)
-    _check_trains(model, torch.randn(2, 3, 224, 224), 1000)
+    check_trains(model, torch.randn(2, 3, 224, 224), 1000)
     model.eval()
     for module in model.modules():  # count the attention matmuls (CPU SDPA has no formula)
         if hasattr(module, "fused_attn"):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from model_checks import check_trains
 
 from trainers.backbones.t2t import (
     T2T_ARCHS,
@@ -125,27 +126,13 @@ def test_performer_kernel_approximates_softmax_attention():
         torch.testing.assert_close(layer.attention(x), exact, atol=0.005, rtol=0)
 
 
-def _check_trains(model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
-    model.train()
-    out = model(x)
-    assert out.shape == (x.shape[0], classes)
-    assert torch.isfinite(out).all()
-    out.logsumexp(dim=1).mean().backward()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None, f"{name} got no gradient"
-            assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-        else:
-            assert p.grad is None
-
-
 @pytest.mark.parametrize("block,token", [(None, None), (BLOCK_LOCAL, TOKEN_LOCAL)],
                          ids=["t2t_vit_micro", "localvit_t2t_micro"])
 def test_micro_forward_backward(block, token):
     torch.manual_seed(0)
     model = build_t2t(MICRO, locality=block, token_locality=token, num_classes=10,
                       drop_path_rate=0.1)
-    _check_trains(model, torch.randn(2, 3, 32, 32), 10)
+    check_trains(model, torch.randn(2, 3, 32, 32), 10)
 
 
 def test_non_square_input():
@@ -153,7 +140,7 @@ def test_non_square_input():
     model = build_t2t(MICRO, locality=BLOCK_LOCAL, token_locality=TOKEN_LOCAL, num_classes=4,
                       img_size=(16, 24))
     assert model.grid == (4, 6) and model.tokens_to_token.grids == [(8, 12), (4, 6)]
-    _check_trains(model, torch.randn(2, 3, 16, 24), 4)
+    check_trains(model, torch.randn(2, 3, 16, 24), 4)
 
 
 def test_locality_runs_on_the_token_grids_and_skips_the_class_token():
@@ -217,7 +204,7 @@ def test_224_forward_backward_and_macs(block, token, macs):
 
     torch.manual_seed(0)
     model = build_t2t(T2T7, locality=block, token_locality=token)
-    _check_trains(model, torch.randn(2, 3, 224, 224), 1000)
+    check_trains(model, torch.randn(2, 3, 224, 224), 1000)
     model.eval()
     for module in model.modules():  # count the attention matmuls (CPU SDPA has no formula)
         if hasattr(module, "fused_attn"):

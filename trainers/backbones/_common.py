@@ -6,13 +6,16 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, TypeVar
 
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
-__all__ = ["apply_arch_overrides", "img_hw", "init_vit_weights", "locality_blocks"]
+__all__ = ["ClassTokenClassifier", "apply_arch_overrides", "default_cfg", "img_hw",
+           "init_vit_weights", "locality_blocks"]
 
 A = TypeVar("A")
 
@@ -81,3 +84,40 @@ def init_vit_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def default_cfg(in_chans: int, img_size: tuple[int, int], num_classes: int) -> dict[str, Any]:
+    """timm's pretrained-config dict for the hand-written backbones (ImageNet recipe values)."""
+    return {
+        "input_size": (in_chans, *img_size), "num_classes": num_classes,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
+    }
+
+
+class ClassTokenClassifier:
+    """timm's classifier interface for a backbone whose head reads the class token.
+
+    Mixed into an nn.Module that defines `forward_features` and `num_features`.
+    """
+
+    head: nn.Module
+    num_classes: int
+    num_features: int
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -19,13 +19,18 @@ from math import prod
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
 from torch import nn
 
 from ..config import ModelConfigError
-from ._common import init_vit_weights
-from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
+from ..locality import LocalityFeedForward, LocalitySpec
+from ._common import (
+    ClassTokenClassifier,
+    default_cfg,
+    img_hw,
+    init_vit_weights,
+    locality_blocks,
+)
 
 __all__ = [
     "PVTArch",
@@ -92,17 +97,10 @@ def pvt_depth(arch: PVTArch) -> int:
     return sum(arch.depths)
 
 
-def _pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    height, width = img_size
-    return int(height), int(width)
-
-
 def check_pvt_img_size(arch: PVTArch, img_size: int | tuple[int, int] | None
                        ) -> list[tuple[int, int]]:
     """Token grid of every stage for `img_size`; ModelConfigError if the model cannot take it."""
-    height, width = _pair(arch.img_size if img_size is None else img_size)
+    height, width = img_hw(arch.img_size if img_size is None else img_size)
     stride = prod(arch.patch_sizes)
     # Every stage's side must stay >= its spatial-reduction ratio (at least one key/value token).
     min_side = max(stride, *(prod(arch.patch_sizes[: i + 1]) * r
@@ -229,7 +227,7 @@ class PVTStage(nn.Module):
         return x, grid
 
 
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(ClassTokenClassifier, nn.Module):
     """PVT v1 classifier; `locality` (one spec, or None) selects blocks by `spec.layers`."""
 
     def __init__(self, arch: PVTArch, *, locality: LocalitySpec | None = None,
@@ -243,12 +241,12 @@ class PyramidVisionTransformer(nn.Module):
             )
         grids = check_pvt_img_size(arch, img_size)
         depth = pvt_depth(arch)
-        selected = resolve_layers(locality.layers, depth) if locality is not None else frozenset()
+        selected = locality_blocks(locality, depth)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.arch = arch
         self.num_classes = num_classes
         self.num_features = self.embed_dim = arch.embed_dims[-1]
-        self.img_size = _pair(arch.img_size if img_size is None else img_size)
+        self.img_size = img_hw(arch.img_size if img_size is None else img_size)
         stages, index, width = [], 0, in_chans
         for s, dim in enumerate(arch.embed_dims):
             spec = None
@@ -269,27 +267,12 @@ class PyramidVisionTransformer(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.num_features))
         self.norm = nn.LayerNorm(self.num_features, eps=arch.norm_eps)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.default_cfg = {
-            "input_size": (in_chans, *self.img_size), "num_classes": num_classes,
-            "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
-        }
+        self.reset_classifier(num_classes)
+        self.default_cfg = default_cfg(in_chans, self.img_size, num_classes)
         for stage in self.stages:
             trunc_normal_(stage.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_vit_weights)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -299,12 +282,6 @@ class PyramidVisionTransformer(nn.Module):
             if s < last:
                 x = x.transpose(1, 2).reshape(batch, -1, *grid)  # (B, C, H, W) for the next stage
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x[:, 0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def build_pvt(arch: PVTArch, *, locality: LocalitySpec | None = None, num_classes: int = 1000,

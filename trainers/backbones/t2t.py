@@ -23,13 +23,18 @@ import math
 from dataclasses import dataclass
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from ..config import ModelConfigError
-from ._common import init_vit_weights
-from ..locality import LocalityFeedForward, LocalitySpec, resolve_layers
+from ..locality import LocalityFeedForward, LocalitySpec
+from ._common import (
+    ClassTokenClassifier,
+    default_cfg,
+    img_hw,
+    init_vit_weights,
+    locality_blocks,
+)
 
 __all__ = [
     "PerformerTokenLayer",
@@ -97,17 +102,10 @@ def t2t_depth(arch: T2TArch) -> int:
     return arch.depth
 
 
-def _pair(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    height, width = img_size
-    return int(height), int(width)
-
-
 def check_t2t_img_size(arch: T2TArch, img_size: int | tuple[int, int] | None
                        ) -> list[tuple[int, int]]:
     """Token grid after every soft split; ModelConfigError if a split would leave no tokens."""
-    size = _pair(arch.img_size if img_size is None else img_size)
+    size = img_hw(arch.img_size if img_size is None else img_size)
     grids = list(zip(_sides(arch, size[0]), _sides(arch, size[1])))
     if min(min(grid) for grid in grids) < 1:
         min_side = next(s for s in range(1, 1 << 16) if min(_sides(arch, s)) >= 1)
@@ -191,7 +189,7 @@ class TokensToToken(nn.Module):
                  locality: LocalitySpec | None) -> None:
         super().__init__()
         n_layers = len(arch.soft_splits) - 1
-        selected = resolve_layers(locality.layers, n_layers) if locality is not None else ()
+        selected = locality_blocks(locality, n_layers)
         self.splits = nn.ModuleList(
             nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in arch.soft_splits
         )
@@ -242,7 +240,7 @@ class T2TBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class T2TViT(nn.Module):
+class T2TViT(ClassTokenClassifier, nn.Module):
     """T2T-ViT classifier reading the class token."""
 
     def __init__(self, arch: T2TArch, *, locality: LocalitySpec | None = None,
@@ -254,14 +252,14 @@ class T2TViT(nn.Module):
         self.arch = arch
         self.num_classes = num_classes
         self.num_features = self.embed_dim = arch.embed_dim
-        self.img_size = _pair(arch.img_size if img_size is None else img_size)
+        self.img_size = img_hw(arch.img_size if img_size is None else img_size)
         self.grid = grids[-1]
         self.tokens_to_token = TokensToToken(arch, in_chans, grids[:-1], token_locality)
         n_tokens = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.embed_dim))
         self.pos_embed = nn.Parameter(sinusoid_position_embedding(n_tokens + 1, arch.embed_dim),
                                       requires_grad=False)
-        selected = resolve_layers(locality.layers, arch.depth) if locality is not None else ()
+        selected = locality_blocks(locality, arch.depth)
         rates = torch.linspace(0, drop_path_rate, arch.depth).tolist()
         self.blocks = nn.ModuleList(
             T2TBlock(arch.embed_dim, arch.num_heads, arch.mlp_ratio, arch.qkv_bias, arch.norm_eps,
@@ -269,25 +267,10 @@ class T2TViT(nn.Module):
             for i in range(arch.depth)
         )
         self.norm = nn.LayerNorm(arch.embed_dim, eps=arch.norm_eps)
-        self.head = nn.Linear(arch.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.default_cfg = {
-            "input_size": (in_chans, *self.img_size), "num_classes": num_classes,
-            "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "interpolation": "bicubic", "crop_pct": 0.9, "classifier": "head",
-        }
+        self.reset_classifier(num_classes)
+        self.default_cfg = default_cfg(in_chans, self.img_size, num_classes)
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_vit_weights)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.img_size:
@@ -301,12 +284,6 @@ class T2TViT(nn.Module):
         for block in self.blocks:
             x = block(x, self.grid, 1)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x[:, 0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def build_t2t(arch: T2TArch, *, locality: LocalitySpec | None = None,
