@@ -232,20 +232,17 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
         train_config_from_dict(spec.base, source="base")
     except ConfigError as exc:
         raise SpecError(f"{source}: {_indent(str(exc))}; fix the base trial config") from None
-    for section, mapping in (("baseline", spec.baseline), ("axes", spec.axes),
-                             ("search.space", spec.search.space)):
-        for key in mapping:
-            problem = _check_train_key(key)
-            if problem:
-                raise SpecError(f"{source}: {section}.{key}: {problem}")
+    sections = [("baseline", spec.baseline), ("axes", spec.axes), ("search.space", spec.search.space)]
     for arm, overrides in spec.arms.items():
         if not overrides:
             raise SpecError(f"{source}: arms.{arm}: an arm needs at least one override "
                             f"(dotted key: value); an arm equal to base is already planned")
-        for key in overrides:
+        sections.append((f"arms.{arm}", overrides))
+    for section, mapping in sections:
+        for key in mapping:
             problem = _check_train_key(key)
             if problem:
-                raise SpecError(f"{source}: arms.{arm}.{key}: {problem}")
+                raise SpecError(f"{source}: {section}.{key}: {problem}")
     for key, values in spec.axes.items():
         if not values:
             raise SpecError(f"{source}: axes.{key}: empty axis; list at least one value "
