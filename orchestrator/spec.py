@@ -232,7 +232,8 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
         train_config_from_dict(spec.base, source="base")
     except ConfigError as exc:
         raise SpecError(f"{source}: {_indent(str(exc))}; fix the base trial config") from None
-    sections = [("baseline", spec.baseline), ("axes", spec.axes), ("search.space", spec.search.space)]
+    sections = [("baseline", spec.baseline), ("axes", spec.axes),
+                ("search.space", spec.search.space)]
     for arm, overrides in spec.arms.items():
         if not overrides:
             raise SpecError(f"{source}: arms.{arm}: an arm needs at least one override "
