@@ -14,8 +14,8 @@ from torch import nn
 from ..config import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
-__all__ = ["ClassTokenClassifier", "apply_arch_overrides", "default_cfg", "img_hw",
-           "init_vit_weights", "locality_blocks"]
+__all__ = ["ClassTokenClassifier", "apply_arch_overrides", "check_patch_grid", "default_cfg",
+           "img_hw", "init_vit_weights", "locality_blocks"]
 
 A = TypeVar("A")
 
@@ -73,6 +73,18 @@ def img_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     raise ModelConfigError(
         f"img_size must be a positive integer or a (height, width) pair but got {img_size!r}"
     )
+
+
+def check_patch_grid(img_size: int | tuple[int, int] | list[int], patch_size: int
+                     ) -> tuple[int, int]:
+    """(height, width) of an input that a patch embedding of `patch_size` tiles exactly."""
+    height, width = img_hw(img_size)
+    if height % patch_size or width % patch_size:
+        raise ModelConfigError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
+            f"use a multiple of {patch_size}"
+        )
+    return height, width
 
 
 def init_vit_weights(module: nn.Module) -> None:

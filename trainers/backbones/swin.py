@@ -21,7 +21,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 
 from ..config import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
-from ._common import img_hw, locality_blocks
+from ._common import check_patch_grid, img_hw, locality_blocks
 
 __all__ = ["LocalitySwinBlock", "SwinArch", "build_swin", "check_img_size", "num_blocks"]
 
@@ -91,12 +91,7 @@ def num_blocks(arch: SwinArch) -> int:
 
 
 def check_img_size(arch: SwinArch, img_size: int | tuple[int, int]) -> None:
-    height, width = img_hw(img_size)
-    if height % arch.patch_size or width % arch.patch_size:
-        raise ModelConfigError(
-            f"image size {height}x{width} is not divisible by the patch size {arch.patch_size}; "
-            f"use a multiple of {arch.patch_size}"
-        )
+    check_patch_grid(img_size, arch.patch_size)
 
 
 def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: int = 1000,

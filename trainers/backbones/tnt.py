@@ -18,7 +18,7 @@ from timm.models.tnt import TNT, Block as TNTBlock
 
 from ..config import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
-from ._common import img_hw, locality_blocks
+from ._common import check_patch_grid, img_hw, locality_blocks
 
 __all__ = ["LocalityTNTBlock", "LocalTNT", "TNTArch", "build_tnt", "check_img_size", "num_blocks"]
 
@@ -106,12 +106,7 @@ def num_blocks(arch: TNTArch) -> int:
 
 
 def check_img_size(arch: TNTArch, img_size: int | tuple[int, int]) -> None:
-    height, width = img_hw(img_size)
-    if height % arch.patch_size or width % arch.patch_size:
-        raise ModelConfigError(
-            f"image size {height}x{width} is not divisible by the patch size {arch.patch_size}; "
-            f"use a multiple of {arch.patch_size}"
-        )
+    check_patch_grid(img_size, arch.patch_size)
     if arch.patch_size % arch.first_stride:
         raise ModelConfigError(
             f"patch_size {arch.patch_size} must be a multiple of first_stride {arch.first_stride} "
