@@ -1,16 +1,25 @@
 """The locality FFN block on its own: shapes, prefix tokens, grids, knobs and their parameter counts."""
 
+import math
+
 import pytest
 import torch
 
 from trainers.config import ModelConfigError
 from trainers.locality import (
     ACTIVATIONS,
+    ECA,
     LocalityFeedForward,
     LocalitySpec,
     merge_locality,
     resolve_layers,
 )
+
+
+def eca_kernel(channels: int) -> int:
+    """ECA-Net's adaptive rule (REFERENCE.md section 2): t = int(|(log2 C + 1) / 2|), made odd."""
+    t = int(abs((math.log2(channels) + 1) / 2))
+    return t if t % 2 else t + 1
 
 
 def expected_params(dim: int, act: str, expansion: int, se_hidden: int, dw_conv: bool) -> int:
@@ -22,8 +31,18 @@ def expected_params(dim: int, act: str, expansion: int, se_hidden: int, dw_conv:
     if act == "hs+se":
         n += hidden * se_hidden + se_hidden + se_hidden * hidden + hidden
     elif act in ("hs+eca", "hs+ecah"):
-        n += 3
+        n += eca_kernel(hidden)  # one 1-D conv over channels, no bias
     return n + hidden * dim + 2 * dim  # 1x1 project + BN
+
+
+@pytest.mark.parametrize("channels,kernel", [(192, 5), (384, 5), (576, 5), (768, 5), (1152, 5),
+                                             (64, 3), (16, 3)])
+def test_eca_kernel_follows_the_adaptive_rule(channels, kernel):
+    # 192 ... 1152 are the hidden widths of the LocalViT-T ablation (gamma 1 ... 6 on dim 192).
+    assert eca_kernel(channels) == kernel
+    spec = LocalitySpec(act="hs+eca", expansion=1, reduction=1)
+    eca = next(m for m in LocalityFeedForward(channels, spec).modules() if isinstance(m, ECA))
+    assert eca.conv.kernel_size == (kernel,) and eca.conv.padding == (kernel // 2,)
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)

@@ -5,6 +5,7 @@ baselines, and from the closed form of the locality FFN (REFERENCE.md section 2)
 never come from the code under test.
 """
 
+import math
 import random
 
 import pytest
@@ -31,8 +32,14 @@ def ffn_params(dim, expansion=4, se_hidden=4, act="hs+se", dw_conv=True):
     if act == "hs+se":
         n += 2 * hidden * se_hidden + se_hidden + hidden
     elif act in ("hs+eca", "hs+ecah"):
-        n += 3
+        n += eca_kernel(hidden)
     return n
+
+
+def eca_kernel(channels):
+    """ECA-Net's adaptive rule (REFERENCE.md section 2): 5 for every width 192 ... 1152."""
+    t = int(abs((math.log2(channels) + 1) / 2))
+    return t if t % 2 else t + 1
 
 
 def mlp_params(dim, ratio=4):
@@ -149,6 +156,15 @@ def test_ablation_grid_counts_on_deit_tiny(act, expansion, reduction, layers, dw
     se_hidden = max(1, expansion * 192 // reduction)
     per_block = ffn_params(192, expansion, se_hidden, act, dw_conv) - mlp_params(192)
     assert got == 5_717_416 + n_blocks * per_block
+
+
+@pytest.mark.parametrize("act", ["hs+eca", "hs+ecah"])
+def test_eca_variants_of_localvit_tiny_have_the_authors_count(act):
+    # LocalViT-T with its SE (2 x 768 x 4 + 4 + 768 per block) swapped for ECA with ECA-Net's
+    # adaptive kernel: 5 weights per block (a fixed kernel 3 would be 24 short over 12 blocks).
+    se = 2 * 768 * 4 + 4 + 768
+    want = 5_908_696 - 12 * se + 12 * 5
+    assert built_count("localvit_tiny", locality={"act": act}) == want == 5_825_764
 
 
 def test_expansion_six_relu6_against_mlp_ratio_six():

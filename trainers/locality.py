@@ -9,6 +9,7 @@ it unchanged. Every ablation knob of the paper is a field of `LocalitySpec`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
@@ -24,6 +25,7 @@ __all__ = [
     "LocalityFeedForward",
     "LocalitySpec",
     "SqueezeExcite",
+    "eca_kernel_size",
     "merge_locality",
     "resolve_layers",
 ]
@@ -166,12 +168,26 @@ class SqueezeExcite(nn.Module):
         return x * w[:, :, None, None]
 
 
-class ECA(nn.Module):
-    """Efficient channel attention: pool -> 1-D conv (k=3, no bias) across channels -> gate."""
+def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
+    """ECA-Net's adaptive kernel size (Wang et al., CVPR 2020) for C channels:
+    t = int(|(log2(C) + b) / gamma|), then t if t is odd else t + 1; 5 for C = 192 ... 1152."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
 
-    def __init__(self, channels: int, hard_gate: bool = False, kernel_size: int = 3,
+
+class ECA(nn.Module):
+    """Efficient channel attention: pool -> 1-D conv (adaptive k, no bias) across channels -> gate.
+
+    The kernel size follows ECA-Net's rule for `channels` unless given (REFERENCE.md section 2);
+    the LocalViT authors' ECA variants use that rule, so a fixed k = 3 would miss 2 parameters
+    per block.
+    """
+
+    def __init__(self, channels: int, hard_gate: bool = False, kernel_size: int | None = None,
                  device=None, dtype=None) -> None:
         super().__init__()
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(channels)
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False,
                               device=device, dtype=dtype)
         self.gate = nn.Hardsigmoid() if hard_gate else nn.Sigmoid()
