@@ -57,10 +57,14 @@ class SinkCallback(Callback):
         self._started_ids: set[str] = set()
         self._finished_ids: set[str] = set()
 
+    def attach_scheduler(self, scheduler: Any) -> None:
+        """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""
+        self._scheduler = scheduler
+
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
-        for name in ("_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
+        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
                      "_last", "_best", "_epochs", "finished", "interrupted", "_started_ids",
                      "_finished_ids"):
             state.pop(name, None)
@@ -68,6 +72,7 @@ class SinkCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._scheduler = None      # the runner attaches the live one
         self._reset_state()
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -117,6 +122,11 @@ class SinkCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         p = self._planned(trial)
+        epoch, metrics = self._observe(trial, result)
+        self._emit("epoch", p.key, epoch, metrics)
+
+    def _observe(self, trial: Any, result: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
+        """Keep a result's epoch, metrics and the best value of the spec's metric."""
         epoch = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
         metrics = {k: float(v) for k, v in result.items()
                    if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -129,11 +139,16 @@ class SinkCallback(Callback):
             best = self._best.get(tid)
             if best is None or (value > best if mode == "max" else value < best):
                 self._best[tid] = value
-        self._emit("epoch", p.key, epoch, metrics)
+        return epoch, metrics
 
     def _outcome(self, trial: Any, status: str, reason: str) -> TrialOutcome:
         p = self._planned(trial)
         tid = trial.trial_id
+        if tid not in self._last and trial.last_result:
+            # Restored by --resume and ended without a new result here: its last known one (the
+            # best over its epochs is then the Parquet sink's to compute from its curve).
+            self._observe(trial, trial.last_result)
+            self._best.pop(tid, None)
         last = self._last.get(tid, {})
         metric = self._start_kwargs["metric"]
         wall = (trial.last_result or {}).get("time_total_s")

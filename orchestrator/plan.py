@@ -21,6 +21,7 @@ at run time, and `resolve_sample` gives each sample its config and key.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -45,6 +46,9 @@ class Arm:
     name: str
     overrides: Mapping[str, Any]        # dotted overrides of base that make this arm
     aliases: tuple[str, ...] = ()       # other design points that resolved to the same config
+    # The axis values that make this arm (axis key -> value): one item for an ofat arm, one per
+    # axis for a factorial one, none for the baseline, the base arm and named arms.
+    factors: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,23 @@ class Plan:
     search_base: Mapping[str, Any] | None = None   # base config (with seed) a search samples into
     smoke: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Every arm but the baseline -> the arm it is measured against (spec `references`, else the
+    # baseline); aliases resolved to arm names.
+    references: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def protected(self) -> tuple[str, ...]:
+        """Arms that early stopping never stops: the baseline, the base arm and every reference."""
+        names = {a.name for a in self.arms}
+        keep = {"baseline", self.arm_name(self.spec.base_arm), *self.references.values()}
+        return tuple(a.name for a in self.arms if a.name in keep and a.name in names)
+
+    def arm_name(self, name: str) -> str:
+        """The arm a design point ran as (an alias resolves to the arm that kept its config)."""
+        for arm in self.arms:
+            if name == arm.name or name in arm.aliases:
+                return arm.name
+        return name
 
     @property
     def is_search(self) -> bool:
@@ -150,27 +171,55 @@ def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) 
     return cfg.to_dict()
 
 
-def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str]]:
-    """(arm name, overrides, spec key path for error messages) in naming-priority order."""
-    points = [("baseline", dict(spec.baseline), "baseline")]
+def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+    """(arm name, overrides, spec key path for error messages, axis factors) in naming-priority
+    order."""
+    points = [("baseline", dict(spec.baseline), "baseline", {})]
     short = _short_names(spec.axes)
     if spec.design == "ofat":
-        points.append((spec.base_arm, {}, "base"))
+        points.append((spec.base_arm, {}, "base", {}))
         for key, values in spec.axes.items():
             for i, value in enumerate(values):
-                points.append((_label(short[key], value), {key: value}, f"axes.{key}[{i}]"))
+                points.append((_label(short[key], value), {key: value}, f"axes.{key}[{i}]",
+                               {key: value}))
     elif spec.axes:
         keys = list(spec.axes)
         for combo in itertools.product(*(list(enumerate(spec.axes[k])) for k in keys)):
             name = ",".join(_label(short[k], v) for k, (_, v) in zip(keys, combo))
             where = "axes (" + ", ".join(f"{k}[{i}]" for k, (i, _) in zip(keys, combo)) + ")"
-            points.append((name, {k: v for k, (_, v) in zip(keys, combo)}, where))
-    auto = {name for name, _, _ in points}
+            factors = {k: v for k, (_, v) in zip(keys, combo)}
+            points.append((name, factors, where, dict(factors)))
+    auto = {name for name, _, _, _ in points}
     for name, overrides in spec.arms.items():
         if name in auto:
             raise PlanError(f"arms.{name}: this name is already an arm of the design; rename it")
-        points.append((name, dict(overrides), f"arms.{name}"))
+        points.append((name, dict(overrides), f"arms.{name}", {}))
     return points
+
+
+def _references(spec: SweepSpec, arms: list[Arm], source: str) -> dict[str, str]:
+    """Every arm but the baseline -> its reference arm, with spec names and aliases resolved."""
+    canonical = {a.name: a.name for a in arms}
+    canonical.update({alias: a.name for a in arms for alias in a.aliases})
+
+    def resolve(name: str, where: str) -> str:
+        if name in canonical:
+            return canonical[name]
+        near = difflib.get_close_matches(name, list(canonical), n=1, cutoff=0.5)
+        hint = f"did you mean '{near[0]}'?" if near else f"the arms are: {', '.join(canonical)}"
+        raise PlanError(f"{source}: {where}: no arm named '{name}'; {hint}")
+
+    out = {a.name: "baseline" for a in arms if a.name != "baseline"}
+    for arm, ref in spec.references.items():
+        name, target = resolve(arm, f"references.{arm}"), resolve(ref, f"references.{arm}")
+        if name == target:
+            raise PlanError(f"{source}: references.{arm}: '{ref}' is the same arm (same config) "
+                            f"as '{arm}'; measure it against another arm or remove the entry")
+        if name == "baseline":
+            raise PlanError(f"{source}: references.{arm}: the baseline is the reference of the "
+                            f"study and is not measured against another arm; remove the entry")
+        out[name] = target
+    return out
 
 
 def build_plan(
@@ -224,16 +273,18 @@ def build_plan(
     arms: list[Arm] = []
     arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
     by_key: dict[str, int] = {}
-    for name, overrides, where in _design_points(spec):
+    for name, overrides, where, factors in _design_points(spec):
         cfg = resolve_checked(overrides, where)
         key = trial_key(cfg)
         if key in by_key:
             first = arms[by_key[key]]
-            arms[by_key[key]] = Arm(first.name, first.overrides, first.aliases + (name,))
+            arms[by_key[key]] = Arm(first.name, first.overrides, first.aliases + (name,),
+                                    first.factors)
             continue
         by_key[key] = len(arms)
-        arms.append(Arm(name, overrides))
+        arms.append(Arm(name, overrides, factors=factors))
         arm_cfgs[name] = cfg
+    references = _references(spec, arms, source)
     trials = []
     for seed in spec.seeds:
         for arm in arms:
@@ -241,7 +292,7 @@ def build_plan(
             trials.append(PlannedTrial(trial_key(cfg), arm.name, seed, cfg, arm.aliases))
     _check_metric(spec, list(arm_cfgs.values()), source)
     return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
-                warnings=tuple(warnings))
+                warnings=tuple(warnings), references=references)
 
 
 def _domain_probe_values(dom) -> list[Any]:

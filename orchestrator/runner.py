@@ -175,8 +175,20 @@ def _scheduler(plan: Plan) -> Any:
     asha = plan.spec.search.asha
     if asha is None:
         return None
-    from orchestrator._asha import RecordingASHA
     from orchestrator.trainable import EPOCH_KEY
+
+    if plan.spec.asha_unit == "arm":
+        from orchestrator.arm_scheduler import ArmScheduler
+
+        search = plan.spec.search
+        return ArmScheduler(
+            metric=search.metric, mode=search.mode, time_attr=EPOCH_KEY, max_t=plan.max_epochs,
+            grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
+            rule=asha.rule, confidence=asha.confidence, margin=asha.margin,
+            arms=[a.name for a in plan.arms], seeds=list(plan.spec.seeds),
+            references=plan.references, protected=plan.protected,
+            max_concurrent=plan.spec.run.max_concurrent, log_dir=str(sweep_dir(plan)))
+    from orchestrator._asha import RecordingASHA
 
     return RecordingASHA(time_attr=EPOCH_KEY, max_t=plan.max_epochs,
                          grace_period=asha.grace_period,
@@ -237,7 +249,11 @@ def run_sweep(
                 metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
                 search_alg=_search_alg(plan),
                 num_samples=spec.search.num_samples if plan.is_search else 1,
-                max_concurrent_trials=spec.run.max_concurrent, reuse_actors=True,
+                # The arm scheduler caps concurrency itself: Tune's cap counts paused trials
+                # and would deadlock a rung waiting for seeds it never started.
+                max_concurrent_trials=(None if spec.asha_unit == "arm"
+                                       else spec.run.max_concurrent),
+                reuse_actors=True,
                 trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
@@ -248,9 +264,12 @@ def run_sweep(
                     num_to_keep=spec.run.checkpoints_to_keep),
             ),
         )
-    # On restore Tune rebuilds the callback from its saved experiment: use that instance.
+    # On restore Tune rebuilds the callback from its saved experiment and the scheduler from
+    # tuner.pkl (two separate copies): use those instances, and let the callback read the stop
+    # reasons of the scheduler that really runs.
     callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks
                     if isinstance(cb, SinkCallback))
+    callback.attach_scheduler(tuner._local_tuner._tune_config.scheduler)
     interrupted = False
     try:
         grid = tuner.fit()
@@ -270,7 +289,12 @@ def _resolved_spec(plan: Plan) -> dict[str, Any]:
     out = plan.spec.to_dict()
     out["smoke"] = plan.smoke
     out["source"] = plan.source
-    out["plan"] = {"arms": {a.name: {"overrides": dict(a.overrides), "aliases": list(a.aliases)}
-                            for a in plan.arms},
-                   "trials": [{"key": t.key, "arm": t.arm, "seed": t.seed} for t in plan.trials]}
+    out["plan"] = {
+        "arms": {a.name: {"overrides": dict(a.overrides), "aliases": list(a.aliases),
+                          "factors": dict(a.factors), "reference": plan.references.get(a.name)}
+                 for a in plan.arms},
+        "protected": list(plan.protected),
+        "asha_unit": plan.spec.asha_unit,
+        "trials": [{"key": t.key, "arm": t.arm, "seed": t.seed} for t in plan.trials],
+    }
     return out

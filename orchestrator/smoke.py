@@ -15,7 +15,7 @@ import copy
 import math
 from typing import Any, Mapping
 
-from orchestrator.spec import AshaSpec, SchedulerSpec, SweepSpec
+from orchestrator.spec import SchedulerSpec, SweepSpec
 
 __all__ = ["SMOKE_EPOCHS", "shrink_config", "shrink_spec"]
 
@@ -87,7 +87,10 @@ def shrink_spec(spec: SweepSpec) -> SweepSpec:
     search = spec.search
     update: dict[str, Any] = {}
     if search.asha is not None:
-        update["scheduler"] = SchedulerSpec(asha=AshaSpec(grace_period=1, reduction_factor=2))
+        # The study's own unit (arm or trial), decided before the seeds are cut to one.
+        asha = search.asha.model_copy(update={"grace_period": 1, "reduction_factor": 2,
+                                              "unit": spec.asha_unit})
+        update["scheduler"] = SchedulerSpec(asha=asha)
     if search.space:
         update["num_samples"] = min(search.num_samples, SMOKE_SAMPLES)
     run = spec.run.model_copy(update={

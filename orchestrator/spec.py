@@ -53,10 +53,25 @@ class _Strict(BaseModel):
 
 
 class AshaSpec(_Strict):
-    """Asynchronous successive halving; max_t is the trial config's train.epochs."""
+    """Successive halving in epochs: rungs at grace_period x reduction_factor^k below max_t (the
+    trial config's train.epochs).
+
+    `unit` says what is judged at a rung. `arm` (the default for a designed study with more than
+    one seed): whole arms, on their mean over seeds, once every live arm's seeds have reached the
+    rung; an arm goes on or stops with all its seeds, and the reference arms (baseline, base arm,
+    every arm named in `references`) always go on (orchestrator/arm_scheduler.py). `trial` (the
+    default for a search or a single seed): Ray's asynchronous ASHA, each trial on its own.
+    `rule` (arm unit only): `halving` keeps the top 1/reduction_factor of the live arms at each
+    rung; `paired-test` stops an arm when a one-sided paired t-test over its seeds says it is worse
+    than its reference by more than `margin` (metric units) at `confidence`.
+    """
 
     grace_period: int = Field(default=1, gt=0)
     reduction_factor: float = Field(default=3, gt=1)
+    unit: Literal["auto", "arm", "trial"] = "auto"
+    rule: Literal["halving", "paired-test"] = "halving"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    margin: float = Field(default=0.0, ge=0.0)
 
 
 class SchedulerSpec(_Strict):
@@ -155,8 +170,22 @@ class SweepSpec(_Strict):
     # Name of the arm that is base itself (the centre point of an ofat design).
     base_arm: str = "base"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # arm -> the arm it is measured against (its own backbone's baseline, for instance); every
+    # other arm is measured against `baseline`. Reference arms are never stopped early.
+    references: dict[str, str] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+
+    @property
+    def asha_unit(self) -> str | None:
+        """`arm`, `trial`, or None without ASHA; `auto` resolved (arm for a designed study with
+        more than one seed)."""
+        asha = self.search.asha
+        if asha is None:
+            return None
+        if asha.unit != "auto":
+            return asha.unit
+        return "arm" if not self.search.space and len(self.seeds) > 1 else "trial"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -277,6 +306,27 @@ def _check_search(spec: SweepSpec, source: str) -> None:
     elif search.space and len(spec.seeds) != 1:
         raise SpecError(f"{source}: seeds: a search over search.space takes one seed "
                         f"(seeds: [0]) but got {spec.seeds}")
+    asha = search.asha
+    if asha is not None and asha.unit == "arm" and search.space:
+        raise SpecError(f"{source}: search.scheduler.asha.unit: a search over search.space has no "
+                        f"arms (every sample is its own trial); use unit: trial (or auto)")
+    if asha is not None and spec.asha_unit == "trial":
+        defaults = AshaSpec()
+        changed = [k for k in ("rule", "confidence", "margin")
+                   if getattr(asha, k) != getattr(defaults, k)]
+        if changed:
+            key = changed[0]
+            raise SpecError(f"{source}: search.scheduler.asha.{key}: applies to arm-level "
+                            f"stopping (unit: arm) but this sweep stops single trials "
+                            f"(unit: {asha.unit}); remove it or set unit: arm")
+    if asha is not None and asha.rule == "paired-test" and spec.asha_unit == "arm" \
+            and len(spec.seeds) < 2:
+        raise SpecError(f"{source}: search.scheduler.asha.rule: paired-test compares an arm with "
+                        f"its reference over paired seeds and needs at least 2 seeds but got "
+                        f"{spec.seeds}; add seeds or use rule: halving")
+    if spec.references and search.space:
+        raise SpecError(f"{source}: references: a search over search.space has no arms to "
+                        f"compare; remove references")
     if not search.space and search.num_samples != 1:
         raise SpecError(f"{source}: search.num_samples: only a search.space is sampled; a planned "
                         f"design runs every arm x seed once, so remove num_samples")
