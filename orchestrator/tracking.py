@@ -21,6 +21,9 @@ call (the runner then reports it). `background=False` makes every call synchrono
 Idempotent across `--resume`: `start()` finds the sweep's parent run by its tags and the existing
 child runs by their `trial_key` tag and reuses them; an epoch already in a reused run's history is
 not logged twice. So a trial key always has exactly one child run.
+
+For the web UI, `start()` also tags the experiment as model training and saves the "Trials by arm"
+view (see `_mlflow_view`); `sweep_browse_url` builds the link that opens it.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator import _mlflow_view
 from orchestrator._background import SerialWorker
 from orchestrator._flatten import encode_value, flatten_config
+from orchestrator._mlflow_view import browse_url
 from orchestrator._provenance import provenance
 from orchestrator.events import TrialInfo, TrialOutcome
 from orchestrator.tables import spec_yaml_text
 
-__all__ = ["MlflowSink", "default_tracking_uri", "mlflow_ui_command"]
+__all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "mlflow_ui_command",
+           "sweep_browse_url"]
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -84,8 +90,37 @@ def mlflow_ui_command(tracking_uri: str) -> str:
         uri = f"sqlite:///{db}"
     return (
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui "
-        f"--backend-store-uri {shlex.quote(uri)} --workers 1 --host 127.0.0.1 --port 5000"
+        f"--backend-store-uri {shlex.quote(uri)} --workers 1 "
+        f"--host {_mlflow_view.UI_HOST} --port {_mlflow_view.UI_PORT}"
     )
+
+
+def sweep_browse_url(tracking_uri: str, sweep_name: str, base: str | None = None) -> str:
+    """The link that opens the sweep's trials in the MLflow UI, one row per trial, no clicks.
+
+    `base` is where the UI is served: by default the tracking server itself for an http(s) URI,
+    else the address `mlflow_ui_command` binds (http://127.0.0.1:5000). The link opens the
+    experiment's training runs in the "Trials by arm" view that `MlflowSink.start()` saves
+    (grouped by arm, columns arm, seed, status, epochs run, stop reason and the metric, best
+    first); an experiment without that view gets the plain runs list. The URL names no run ids,
+    so its length does not grow with the number of trials. Raises `LookupError` when the store
+    has no experiment of that name.
+    """
+    if base is None:
+        web = tracking_uri.startswith(("http://", "https://"))
+        base = tracking_uri if web else _mlflow_view.UI_BASE
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        # MlflowClient would create an empty store there.
+        raise LookupError(f"no MLflow store at {db}; has the sweep {sweep_name!r} run?")
+    from mlflow import MlflowClient
+
+    _quiet_mlflow()
+    exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(sweep_name)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {sweep_name!r} in {tracking_uri}")
+    return browse_url(exp.experiment_id, base=base,
+                      saved_view=_mlflow_view.VIEW_TAG in exp.tags)
 
 
 def _quiet_mlflow() -> None:
@@ -179,13 +214,19 @@ class MlflowSink:
         exp = client.get_experiment_by_name(sweep_name)
         if exp is None:
             artifacts = (db.parent / ARTIFACTS_DIR / sweep_name).as_uri() if db else None
+            ui_tags = _mlflow_view.experiment_tags(_metric_name(metric), mode)
             self.experiment_id = client.create_experiment(
-                sweep_name, artifact_location=artifacts, tags={SWEEP_TAG: sweep_name}
+                sweep_name, artifact_location=artifacts,
+                tags={SWEEP_TAG: sweep_name, **ui_tags},
             )
         else:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            # Also for experiments made before these tags existed; the metric may have changed.
+            for key, value in _mlflow_view.experiment_tags(
+                    _metric_name(metric), mode, exp.tags).items():
+                client.set_experiment_tag(self.experiment_id, key, value)
 
         prov = provenance()
         # Compared here, not in the filter string, so a quote in the name cannot break the query.
