@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from trainers._checkpoint import load_checkpoint
 from trainers.config import ConfigError, apply_overrides, train_config_from_dict
@@ -77,7 +79,11 @@ def test_reports_every_epoch_with_the_agreed_metrics(straight):
         assert all(isinstance(v, float) for v in m.values())
     assert result.epochs_run == 3 and result.final == rec.calls[-1][1]
     assert result.best_top1 == max(m["val/top1"] for _, m, _ in rec.calls)
-    assert result.params == rec.calls[0][1]["params"] > 0 and result.macs > 0
+    from trainers import registry
+
+    model = registry.build_from_config(tiny().model, num_classes=10, img_size=16)
+    assert result.params == rec.calls[0][1]["params"] == sum(p.numel() for p in model.parameters())
+    assert result.macs == rec.calls[0][1]["macs"] > result.params  # every weight is used >= once
     # metrics.jsonl: one object per epoch, the reported metrics plus "epoch".
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -87,6 +93,94 @@ def test_reports_every_epoch_with_the_agreed_metrics(straight):
     ckpt = load_checkpoint(out)
     assert ckpt["epoch"] == 3 and {"model", "optimizer", "scheduler", "ema", "rng"} <= set(ckpt)
     torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def _held_out_digits(val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed validation split as REFERENCE/trainers.data document it: scikit-learn digits,
+    stratified, split seed 0, pixels 0..16 stretched to 0..255 (rebuilt here, not imported)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    _, x_va, _, y_va = train_test_split(images, digits.target, test_size=val_fraction,
+                                        stratify=digits.target, random_state=0)
+    return x_va, y_va
+
+
+def _recompute(state: dict, cfg, batch_size: int) -> dict[str, float]:
+    """val loss / top-1 / top-5 of `state` on the held-out images, in the trainer's batch order."""
+    from trainers import registry
+    from trainers.data import eval_transform
+
+    images, labels = _held_out_digits(cfg.data.val_fraction)
+    model = registry.build_from_config(cfg.model, num_classes=10, img_size=16)
+    model.load_state_dict(state)
+    model.eval()
+    tf = eval_transform(cfg.aug, 16)
+    x = torch.stack([tf(Image.fromarray(img, mode="L").convert("RGB")) for img in images])
+    y = torch.as_tensor(labels)
+    loss, top1, top5 = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            logits, target = model(x[i:i + batch_size]), y[i:i + batch_size]
+            loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            ranked = logits.argsort(dim=1, descending=True)
+            top1 += int((ranked[:, 0] == target).sum())
+            top5 += int((ranked[:, :5] == target[:, None]).any(dim=1).sum())
+    return {"loss": loss / len(y), "top1": top1 / len(y), "top5": top5 / len(y), "n": len(y)}
+
+
+def test_reported_metrics_are_the_saved_model_on_the_validation_split(straight):
+    # The last epoch's reported val/* (and val_ema/*) must be what the checkpoint's model (EMA
+    # weights) scores on the held-out digits: not the training split, not top-5 as top-1.
+    _, rec, out = straight
+    ckpt = load_checkpoint(out)
+    reported = rec.calls[-1][1]
+    cfg = tiny()
+    assert ckpt["epoch"] == rec.calls[-1][0] == cfg.train.epochs
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    for prefix, state in (("val", ckpt["model"]), ("val_ema", ema)):
+        got = _recompute(state, cfg, cfg.train.batch_size)
+        assert got["n"] == 180  # 10% of 1797, stratified
+        assert reported[f"{prefix}/top1"] == got["top1"], prefix
+        assert reported[f"{prefix}/top5"] == got["top5"], prefix
+        assert reported[f"{prefix}/loss"] == pytest.approx(got["loss"], rel=1e-5), prefix
+    # A model this undertrained has clearly different top-1 and top-5 (else the check is void).
+    assert reported["val/top1"] < reported["val/top5"]
+
+
+class _InitCaptured(Exception):
+    pass
+
+
+def _initial_weights(monkeypatch, seed: int) -> dict[str, torch.Tensor]:
+    """The model's weights right after the trainer built it (training is cut off there)."""
+    from trainers import registry
+
+    build = registry.build_from_config
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(*args, **kwargs):
+        seen.update({k: v.clone() for k, v in build(*args, **kwargs).state_dict().items()})
+        raise _InitCaptured
+
+    monkeypatch.setattr(registry, "build_from_config", capture)
+    with pytest.raises(_InitCaptured):
+        train(tiny(seed=seed))
+    monkeypatch.setattr(registry, "build_from_config", build)
+    return seen
+
+
+def test_the_seed_decides_the_initial_weights(monkeypatch):
+    first, again, other = (_initial_weights(monkeypatch, s) for s in (0, 0, 1))
+    trainable = [k for k, v in first.items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    random_init = [k for k in trainable if not torch.equal(first[k], other[k])]
+    # Every randomly initialised tensor (weights; BN / LayerNorm affine parts start at 1 and 0)
+    # differs between seeds 0 and 1.
+    assert "cls_token" in random_init and "head.weight" in random_init
+    assert all(k in random_init for k in trainable if k.endswith("qkv.weight"))
 
 
 def test_same_seed_same_metrics_other_seed_differs(straight):
