@@ -127,5 +127,5 @@ def test_non_square_grids(name, size, grid):
 
 def test_drop_path_only_on_attention_branch():
     block = registry.create_model("localvit_micro", drop_path_rate=0.5).blocks[-1]
-    assert block.drop_path1.drop_prob > 0
+    assert block.drop_path1.drop_prob == pytest.approx(0.5)  # the last block gets the full rate
     assert not hasattr(block, "drop_path2")

@@ -1,6 +1,7 @@
 """Parameter and MAC counting (closed forms, attention and depth-wise convs included) and the CLI."""
 
 import json
+import types
 
 import pytest
 import torch
@@ -59,10 +60,30 @@ def test_count_macs_leaves_training_state_alone():
     assert model.training and torch.equal(bn.running_mean, before)
 
 
-def test_images_per_s_is_measured():
+def test_images_per_s_is_the_batch_over_the_median_timed_step(monkeypatch):
+    # A fake clock: the warm-up step takes 9 s and must not count; the timed steps take 0.5,
+    # 0.25 and 1 s, so the median step is 0.5 s and 4 images per step make 8 images/s.
+    clock, durations, calls = [0.0], iter([9.0, 0.5, 0.25, 1.0]), []
+
+    def fake_step():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(profile, "make_train_step", lambda *args, **kwargs: fake_step)
+    monkeypatch.setattr(profile, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     ips = profile.measure_images_per_s(registry.create_model("vit_micro"), 16, batch_size=4,
-                                       steps=2, warmup=1)
-    assert ips > 0
+                                       steps=3, warmup=1)
+    assert ips == 8.0 and len(calls) == 4
+
+
+def test_train_step_runs_forward_backward_and_the_optimizer():
+    model = registry.create_model("vit_micro", num_classes=10)
+    before = model.head.weight.detach().clone()
+    step = profile.make_train_step(model, 16, 4, num_classes=10,
+                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    step()
+    assert model.training and not torch.equal(model.head.weight, before)
+    assert all(p.grad is None for p in model.parameters())  # gradients cleared for the next step
 
 
 def test_cli_json(capsys):
@@ -72,7 +93,10 @@ def test_cli_json(capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["model"] for r in lines] == ["localvit_micro", "vit_micro"]
     for rec in lines:
-        assert rec["params"] > 0 and rec["macs"] > 0
+        # The --set knobs reach the model that is counted.
+        model = registry.create_model(rec["model"], locality={"act": "relu6", "layers": "1-2"})
+        assert rec["params"] == sum(p.numel() for p in model.parameters())
+        assert rec["macs"] == profile.count_macs(model, 16)
         assert rec["locality"]["act"] == "relu6" and rec["locality"]["layers"] == "1-2"
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
+import re
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +29,25 @@ except ImportError:  # tests/ collected as a package
     from tests.sink_scenario import METRIC, SPEC, curve, feed, scenario
 
 
+def installed_versions() -> dict[str, str]:
+    names = ("torch", "timm", "ray", "mlflow", "optuna")
+    return {"python": platform.python_version(),
+            **{n: importlib.metadata.version(n) for n in names}}
+
+
+def check_commit(commit: str | None) -> None:
+    """`commit` is a real commit of the working directory's repository (HEAD when the sink
+    started, which other work may have moved since), or None outside a repository."""
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True)
+    if inside.returncode != 0:
+        assert commit is None
+        return
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit or ""), commit
+    exists = subprocess.run(["git", "cat-file", "-e", commit.removesuffix("-dirty") + "^{commit}"],
+                            capture_output=True)
+    assert exists.returncode == 0, commit
+
+
 def test_one_row_per_trial_and_per_epoch(tmp_path):
     feed(ParquetSink(), tmp_path)
     trials = read_trials(tmp_path).set_index("trial_key")
@@ -44,10 +67,8 @@ def test_one_row_per_trial_and_per_epoch(tmp_path):
     assert trials.loc["k_fail", "config.model.locality.layers"] == [1, 2]
     assert trials.loc["k_base", "config.model.locality"] is None
     assert json.loads(trials.loc["k_base", "tags"]) == {"design": "ofat"}
-    assert trials.loc["k_base", "versions"]["python"]
-    assert set(trials.loc["k_base", "versions"]) == {
-        "python", "torch", "timm", "ray", "mlflow", "optuna"}
-    assert "git_commit" in trials.columns
+    assert trials.loc["k_base", "versions"] == installed_versions()
+    check_commit(trials.loc["k_base", "git_commit"])
 
     epochs = read_epochs(tmp_path)
     assert len(epochs) == 6

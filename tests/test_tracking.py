@@ -11,8 +11,10 @@ from orchestrator.tracking import MlflowSink, default_tracking_uri, mlflow_ui_co
 
 try:
     from sink_scenario import METRIC, curve, feed, scenario
+    from test_tables import check_commit, installed_versions
 except ImportError:  # tests/ collected as a package
     from tests.sink_scenario import METRIC, curve, feed, scenario
+    from tests.test_tables import check_commit, installed_versions
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +93,11 @@ def test_parent_run_has_the_spec_and_provenance(recorded, tmp_path):
     parent_id = recorded["sink"].parent_run_id
     tags = client.get_run(parent_id).data.tags
     assert tags["sweep_name"] == "unit" and tags["metric"] == METRIC
-    assert tags["version.torch"] and tags["version.mlflow"]
-    assert "git_commit" in tags
+    assert {k: tags[f"version.{k}"] for k in installed_versions()} == installed_versions()
+    # The same commit as the Parquet rows (the tag holds the text "None" outside a repository).
+    commit = read_trials(recorded["dir"])["git_commit"].iloc[0]
+    assert tags["git_commit"] == str(commit)
+    check_commit(commit)
     path = client.download_artifacts(parent_id, "spec.yaml", str(tmp_path))
     assert "search:" in open(path).read()
 
