@@ -139,8 +139,9 @@ def to_latex(doc: Document) -> str:
 
 # ------------------------------------------------------------------------------------------ html
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{padding:.25em .6em}"
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+        ".wide{overflow-x:auto}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:90%}"
+        "th,td{padding:.25em .6em;white-space:nowrap}"
         "thead th{border-top:2px solid #000;border-bottom:1px solid #000}"
         "tbody tr:last-child td{border-bottom:2px solid #000}td.r,th.r{text-align:right}"
         "caption{font-weight:bold;text-align:left;padding-bottom:.3em}"
@@ -154,11 +155,11 @@ def _html_table(t: Table) -> list[str]:
         text = html.escape(c.text)
         return f'<td class="{k}">' + (f"<b>{text}</b>" if c.bold and text else text) + "</td>"
 
-    out = ["<table>", f"<caption>{html.escape(t.title)}</caption>", "<thead><tr>"
+    out = ['<div class="wide"><table>', f"<caption>{html.escape(t.title)}</caption>", "<thead><tr>"
            + "".join(f'<th class="{k}">{html.escape(c)}</th>' for c, k in zip(t.columns, cls))
            + "</tr></thead>", "<tbody>"]
     out += ["<tr>" + "".join(cell(c, k) for c, k in zip(row, cls)) + "</tr>" for row in t.rows]
-    out += ["</tbody>", "</table>"]
+    out += ["</tbody>", "</table></div>"]
     if t.notes:
         out += ['<ul class="notes">'] + [f"<li>{html.escape(n)}</li>" for n in t.notes] + ["</ul>"]
     return out
