@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune import Callback
@@ -56,6 +57,7 @@ class SinkCallback(Callback):
         self.interrupted = False
         self._started_ids: set[str] = set()
         self._finished_ids: set[str] = set()
+        self._announced: set[str] = set()
 
     def attach_scheduler(self, scheduler: Any) -> None:
         """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""
@@ -66,7 +68,7 @@ class SinkCallback(Callback):
         state = self.__dict__.copy()
         for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
                      "_last", "_best", "_epochs", "finished", "interrupted", "_started_ids",
-                     "_finished_ids"):
+                     "_finished_ids", "_announced"):
             state.pop(name, None)
         return state
 
@@ -108,9 +110,14 @@ class SinkCallback(Callback):
         return planned
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = self._planned(trial)
         self._started_at.setdefault(trial.trial_id, time.time())
         self._started_ids.add(trial.trial_id)
+        self._announce(trial)
+
+    def _announce(self, trial: Any) -> None:
+        """Tell the sinks about a trial (again after a pause: they are idempotent by key)."""
+        p = self._planned(trial)
+        self._announced.add(trial.trial_id)
         tags = {"tune_trial_id": trial.trial_id}
         if p.aliases:
             tags["aliases"] = ";".join(p.aliases)
@@ -144,11 +151,6 @@ class SinkCallback(Callback):
     def _outcome(self, trial: Any, status: str, reason: str) -> TrialOutcome:
         p = self._planned(trial)
         tid = trial.trial_id
-        if tid not in self._last and trial.last_result:
-            # Restored by --resume and ended without a new result here: its last known one (the
-            # best over its epochs is then the Parquet sink's to compute from its curve).
-            self._observe(trial, trial.last_result)
-            self._best.pop(tid, None)
         last = self._last.get(tid, {})
         metric = self._start_kwargs["metric"]
         wall = (trial.last_result or {}).get("time_total_s")
@@ -163,8 +165,19 @@ class SinkCallback(Callback):
             macs=None if macs is None else int(macs),
         )
 
+    def _catch_up(self, trial: Any) -> None:
+        """A trial restored by --resume that ends without a new result here (stopped with its
+        arm, or already past its last epoch): announce it and take its last known result (the
+        best over its epochs is then the Parquet sink's to compute from its curve)."""
+        if trial.trial_id not in self._announced:
+            self._announce(trial)
+        if trial.trial_id not in self._last and trial.last_result:
+            self._observe(trial, trial.last_result)
+            self._best.pop(trial.trial_id, None)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._planned(trial)
+        self._catch_up(trial)
         epochs, planned_epochs = self._epochs.get(trial.trial_id, 0), p.config["train"]["epochs"]
         stops = getattr(self._scheduler, "stop_reasons", {})
         if trial.trial_id in stops:
@@ -180,9 +193,13 @@ class SinkCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._planned(trial)
+        self._catch_up(trial)
         text = ""
         try:
-            text = trial.get_error() or ""
+            # Tune writes the traceback to the trial's local folder first (error_file) and
+            # copies it to the storage (get_error) later.
+            local = Path(trial.error_file) if getattr(trial, "error_file", None) else None
+            text = (local.read_text() if local and local.is_file() else trial.get_error()) or ""
         except Exception:  # noqa: BLE001 - the error file may be on another node
             pass
         lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]

@@ -122,7 +122,7 @@ def _diff_stats(diffs: Sequence[float], margin: float
     if len(diffs) < 2:
         return d, None, None, None
     sd = statistics.stdev(diffs)
-    if sd == 0:
+    if sd <= 1e-12:     # equal differences up to rounding: irace's zero-variance rule
         return d, 0.0, None, (0.0 if d < -margin else 1.0)
     from scipy import stats
 
