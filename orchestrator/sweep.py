@@ -79,8 +79,21 @@ def _print_plan(plan, console) -> None:
         console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
                       f"trials: {plan.num_trials} (arms x seeds)")
     asha = spec.search.asha
-    sched = (f"ASHA grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
-             f"max_t {plan.max_epochs}" if asha else "none (every trial runs all its epochs)")
+    if asha is None:
+        sched = "none (every trial runs all its epochs)"
+    else:
+        from orchestrator.racing import milestones
+
+        rungs = milestones(asha.grace_period, asha.reduction_factor, plan.max_epochs)
+        sched = (f"ASHA grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
+                 f"max_t {plan.max_epochs}")
+        if spec.asha_unit == "arm":
+            rule = ("keeps the best 1/" f"{asha.reduction_factor:g} of the arms"
+                    if asha.rule == "halving" else
+                    f"paired t-test against the reference at {asha.confidence:g}")
+            sched = (f"arm-level {asha.rule} (whole arms, {rule}) at epochs "
+                     f"{', '.join(map(str, rungs)) or 'none'}; never stopped: "
+                     f"{', '.join(plan.protected)}")
     res = spec.run.resources_per_trial
     console.print(f"metric: {spec.search.metric} ({spec.search.mode})  scheduler: {sched}")
     console.print(f"resources per trial: cpu {res.cpu:g}, gpu {res.gpu:g}  max concurrent: "
@@ -132,16 +145,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_summary(plan, result, spec_path, console, err) -> None:
-    from orchestrator.progress import print_summary
-    from orchestrator.tables import read_trials
+    """The study's answer (the report's verdict table), where everything is, how to browse."""
+    from orchestrator.report import ReportError, verdict_table, write_report
+    from orchestrator.tracking import log_report, mlflow_ui_command, sweep_browse_url
 
+    report = None
     try:
-        trials = read_trials(result.storage_dir)
-    except (FileNotFoundError, OSError) as exc:
-        err.print(f"no trials.parquet to summarise ({exc})", markup=False)
-        trials = []
-    print_summary(console, trials, plan.spec.search.metric, plan.spec.search.mode,
-                  str(result.storage_dir), result.tracking_uri)
+        report = write_report(result.storage_dir)
+    except ReportError as exc:
+        err.print(f"report not written: {exc}", markup=False, soft_wrap=True)
+    if report is not None:
+        console.print(verdict_table(report))
+        plots = ", ".join(p.name for p in report.files if p.suffix == ".png")
+        console.print(f"Report:   {report.directory} ({', '.join(_doc_names(report))}; "
+                      f"plots: {plots or 'none'})", markup=False, highlight=False,
+                      soft_wrap=True)
+        try:
+            log_report(result.tracking_uri, plan.spec.name, report.directory)
+        except Exception as exc:  # noqa: BLE001 - the report is on disk; MLflow is a mirror
+            err.print(f"report not logged to MLflow: {type(exc).__name__}: {exc}",
+                      markup=False, soft_wrap=True)
+    console.print(f"Results:  {result.storage_dir} (trials.parquet, epochs.parquet, spec.yaml)",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"MLflow:   {result.tracking_uri}", markup=False, highlight=False,
+                  soft_wrap=True)
+    console.print(f"Browse:   {mlflow_ui_command(result.tracking_uri)}", markup=False,
+                  highlight=False, soft_wrap=True)
+    try:
+        console.print(f"Open:     {sweep_browse_url(result.tracking_uri, plan.spec.name)}",
+                      markup=False, highlight=False, soft_wrap=True)
+    except Exception:  # noqa: BLE001 - no store to link to (e.g. an unreachable server)
+        pass
     for msg in result.sink_errors:
         err.print(f"result sink error: {msg}", markup=False, soft_wrap=True)
     if result.interrupted:
@@ -150,6 +184,10 @@ def _print_summary(plan, result, spec_path, console, err) -> None:
     failed = [o for o in result.outcomes.values() if o.status == "failed"]
     for o in failed:
         err.print(f"trial {o.key} failed: {o.stop_reason}", markup=False, soft_wrap=True)
+
+
+def _doc_names(report) -> list[str]:
+    return [p.name for p in report.files if p.suffix in (".md", ".tex", ".html", ".csv")]
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ from orchestrator._provenance import provenance
 from orchestrator.events import TrialInfo, TrialOutcome
 from orchestrator.tables import spec_yaml_text
 
-__all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "mlflow_ui_command",
-           "sweep_browse_url"]
+__all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "log_report",
+           "mlflow_ui_command", "sweep_browse_url"]
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -121,6 +121,32 @@ def sweep_browse_url(tracking_uri: str, sweep_name: str, base: str | None = None
         raise LookupError(f"no MLflow experiment named {sweep_name!r} in {tracking_uri}")
     return browse_url(exp.experiment_id, base=base,
                       saved_view=_mlflow_view.VIEW_TAG in exp.tags)
+
+
+def log_report(tracking_uri: str, sweep_name: str, report_dir: str | os.PathLike) -> str:
+    """Log a sweep's report folder as artifacts (`report/...`) of its MLflow parent run.
+
+    Returns the parent run id; raises `LookupError` when the store has no such sweep. Files
+    logged before under the same names are replaced (the artifact store overwrites by path).
+    """
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        raise LookupError(f"no MLflow store at {db}; has the sweep {sweep_name!r} run?")
+    from mlflow import MlflowClient
+
+    _quiet_mlflow()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(sweep_name)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {sweep_name!r} in {tracking_uri}")
+    parents = [r for r in client.search_runs([exp.experiment_id],
+                                             filter_string=f"tags.{ROLE_TAG} = 'parent'")
+               if r.data.tags.get(SWEEP_TAG) == sweep_name]
+    if not parents:
+        raise LookupError(f"the MLflow experiment {sweep_name!r} has no parent run")
+    run_id = parents[0].info.run_id
+    client.log_artifacts(run_id, str(report_dir), artifact_path="report")
+    return run_id
 
 
 def _quiet_mlflow() -> None:
