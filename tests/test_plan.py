@@ -139,3 +139,42 @@ def test_search_plan_resolves_samples_into_the_base():
     cfg = resolve_sample(plan.search_base, {"train.lr": 1e-3, "model.drop_path": 0.1})
     assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["drop_path"] == 0.1
     assert cfg["model"]["backbone"] == "localvit_micro"
+
+
+def test_references_pair_each_arm_with_its_own_backbone_and_are_never_stopped():
+    plan = build_plan(load_spec(SPACES / "backbones_cpu.yaml"), source="backbones_cpu.yaml")
+    assert plan.references["localvit_pvt_micro"] == "pvt_micro"
+    assert plan.references["localvit_swin_micro"] == "swin_micro"
+    assert plan.references["localvit_micro"] == "baseline"
+    assert plan.references["pvt_micro"] == "baseline" and "baseline" not in plan.references
+    assert set(plan.protected) == {"baseline", "localvit_micro", "pvt_micro", "tnt_micro",
+                                   "t2t_vit_micro", "swin_micro"}
+
+
+def test_references_resolve_aliases_and_name_unknown_arms():
+    # A baseline equal to base is one arm, "baseline", with the alias "base".
+    plan = build_plan(small_spec(baseline={}, references={"act=relu6": "base",
+                                                          "act=hs": "act=relu6"}),
+                      source="t.yaml")
+    assert plan.references == {"act=relu6": "baseline", "act=hs": "act=relu6"}
+    assert set(plan.protected) == {"baseline", "act=relu6"}
+    with pytest.raises(PlanError, match=r"t.yaml: references.act=relu6: no arm named 'bse'; "
+                                        r"did you mean 'base'\?"):
+        build_plan(small_spec(references={"act=relu6": "bse"}), source="t.yaml")
+    with pytest.raises(PlanError, match="is not measured against another arm"):
+        build_plan(small_spec(references={"baseline": "base"}), source="t.yaml")
+
+
+@pytest.mark.parametrize("changes,unit", [
+    ({}, "arm"),                                                  # designed, 2 seeds
+    ({"seeds": [0]}, "trial"),                                    # one seed: nothing to pair
+    ({"search": {"scheduler": {"asha": {"unit": "trial"}}}}, "trial"),
+])
+def test_early_stopping_unit_defaults_to_arms_for_designed_multi_seed_studies(changes, unit):
+    raw = {"search": {"scheduler": {"asha": {"grace_period": 1}}}}
+    raw.update(changes)
+    if "search" in changes:
+        raw["search"]["scheduler"]["asha"]["grace_period"] = 1
+    assert small_spec(**raw).asha_unit == unit
+    # --smoke keeps the study's unit although it cuts the seeds to one.
+    assert shrink_spec(small_spec(**raw)).search.asha.unit == unit
