@@ -166,6 +166,7 @@ class Outcome:
     status: str        # killed / survived / timeout / baseline-failed
     seconds: float
     by: str            # the first failing test, or the end of pytest's output
+    output: str = ""   # pytest's output (kept for a failed baseline)
 
 
 _FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
@@ -191,7 +192,8 @@ def run_one(m: Mutation | None, source: Source, tests: list[str], timeout: float
         tail = (out.strip().splitlines() or ["(no output)"])[-1]
         by = hit.group(2) if hit else tail
         if m is None:
-            return Outcome(name, "passed" if code == 0 else "baseline-failed", seconds, by)
+            return Outcome(name, "passed" if code == 0 else "baseline-failed", seconds, by,
+                           output=out)
         return Outcome(name, "survived" if code == 0 else "killed", seconds, by)
     finally:
         if keep:

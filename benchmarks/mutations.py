@@ -252,6 +252,7 @@ def _run(args: argparse.Namespace, source: Source, selected: list[Mutation],
         base = run_one(None, source, tests, args.timeout, args.keep)
         print(f"baseline: {base.status} in {base.seconds:.0f} s ({base.by})", flush=True)
         if base.status != "passed":
+            print("\n".join(base.output.splitlines()[-60:]), file=sys.stderr)
             print("the suite fails without any mutation; every mutation would look killed",
                   file=sys.stderr)
             return 2

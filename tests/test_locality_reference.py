@@ -43,7 +43,7 @@ def _bn(x, bn, training):
 
 def reference_ffn(x, w, *, act, dw_conv, grid, num_prefix, training=True):
     prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
-    b, n, c = tokens.shape
+    b, _, c = tokens.shape
     h, wd = grid
     img = tokens.reshape(b, h, wd, c).permute(0, 3, 1, 2)          # token r*W + q -> pixel (r, q)
     y = _act(act)(_bn(F.conv2d(img, w["expand"]), w["bn_expand"], training))
