@@ -9,6 +9,7 @@ import platform
 import re
 import subprocess
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -37,7 +38,8 @@ def installed_versions() -> dict[str, str]:
 
 def check_commit(commit: str | None) -> None:
     """`commit` is a real commit of the working directory's repository (HEAD when the sink
-    started, which other work may have moved since), or None outside a repository."""
+    started, which other work may have moved since), or null outside a repository."""
+    commit = None if pd.isna(commit) else commit
     inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True,
                             check=False)
     if inside.returncode != 0:
