@@ -278,21 +278,25 @@ def verdict_table(report: Report, max_rows: int = 15):
                           *(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k])
                             for k in keys))
         return table
-    # Few rules so that the verdicts fit an 80-column terminal without truncation.
+    # Fits an 80-column terminal without cutting a name (an arm's name is its identity): each
+    # arm's reference goes on a second line of its cell, and only the verdict may wrap.
     table = RichTable(title=f"{report.sweep}: {report.metric} ({report.mode}), final value, "
                             f"paired by seed against each arm's reference",
                       title_justify="left", box=box.SIMPLE_HEAD,
                       pad_edge=False, collapse_padding=True)
-    for col, just in (("arm", "left"), ("reference", "left"), ("n", "right"),
-                      ("mean ± std", "right"), ("diff", "right"), ("p (Holm)", "right"),
-                      ("verdict", "left")):
-        table.add_column(col, justify=just, no_wrap=col in ("n", "mean ± std", "diff"))
+    rows = report.arms.to_dict("records")
+    labels = [r["arm"] + (f"\n  vs {r['baseline']}" if r["baseline"] else "") for r in rows]
+    width = max((len(line) for label in labels for line in label.split("\n")), default=3)
+    for col, just in (("arm", "left"), ("n", "right"), ("mean ± std", "right"),
+                      ("diff", "right"), ("p (Holm)", "right"), ("verdict", "left")):
+        table.add_column(col, justify=just, no_wrap=col != "verdict",
+                         min_width=width if col == "arm" else None)
     styles = {"better": "green", "worse": "red"}
-    for r in report.arms.to_dict("records"):
+    for label, r in zip(labels, rows):
         mean = "—" if r["state"] != "finished" else (
             _fmt(r["mean"]) + ("" if r["std"] != r["std"] else f" ± {_fmt(r['std'])}"))
-        table.add_row(r["arm"], r["baseline"] or "—", f"{r['n_completed']}/{r['n_stopped']}",
-                      mean, _fmt(r["diff"], signed=True), fmt_p(r["p_holm"]), r["verdict"],
+        table.add_row(label, f"{r['n_completed']}/{r['n_stopped']}", mean,
+                      _fmt(r["diff"], signed=True), fmt_p(r["p_holm"]), r["verdict"],
                       style=styles.get(r["verdict"]))
     return table
 
