@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import os
 import platform
 import subprocess
+from pathlib import Path
 
 __all__ = ["TRACKED_PACKAGES", "git_commit", "provenance", "versions"]
 
@@ -33,12 +33,13 @@ def versions() -> dict[str, str | None]:
 
 @functools.lru_cache(maxsize=8)
 def git_commit(cwd: str | None = None) -> str | None:
-    """The commit checked out in `cwd` (default: the working directory); None outside a repo.
+    """The commit checked out in `cwd` (default: where this package's code lives, which is what
+    ran, wherever the command was started from); None outside a repo (e.g. a wheel install).
 
     A working tree with uncommitted changes gets a `-dirty` suffix, because the commit alone
     would then claim code that did not run.
     """
-    where = cwd or os.getcwd()
+    where = cwd or str(Path(__file__).resolve().parent)
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
