@@ -164,20 +164,58 @@ def test_a_driver_killed_mid_sweep_resumes_to_the_same_answer(reference, tmp_pat
                                 start_new_session=True)
     sweep = storage / "arms"
     try:
-        # Kill once the rung has been decided and while trials are still going.
+        # Kill once the rung has been decided and Tune's saved state has a trial midway (past
+        # epoch 1 of 2 with its checkpoint) that is to go on.
         deadline = time.monotonic() + 300
-        while not (sweep / "decisions.parquet").exists():
+        while not ((sweep / "decisions.parquet").exists() and (midway := _midway(sweep))):
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no decision within 300 s"
+            assert time.monotonic() < deadline, "no decision and trial midway within 300 s"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    before = {name: pd.read_parquet(sweep / name) for name in ("trials.parquet", "epochs.parquet")
+              if (sweep / name).is_file()}
     resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 1, resumed.stderr[-3000:]
     pd.testing.assert_frame_equal(table(sweep), table(reference))
     pd.testing.assert_frame_equal(table(sweep, "decisions.parquet"),
                                   table(reference, "decisions.parquet"))
+    # The midway trial went on from its checkpoint (epoch 2), not from epoch 1.
+    assert reported_epochs(resumed.stderr)[midway] == [2], (midway, resumed.stderr[-3000:])
+    # Rows the killed driver wrote survive unchanged; no trial's epoch count went backwards.
+    after = {name: pd.read_parquet(sweep / name) for name in before}
+    if "epochs.parquet" in before:
+        keys = ["trial_key", "epoch"]
+        merged = before["epochs.parquet"].merge(after["epochs.parquet"], on=keys, how="left",
+                                                suffixes=("", "_after"), indicator=True)
+        assert (merged["_merge"] == "both").all()
+        assert (merged["val/loss"] == merged["val/loss_after"]).all()
+    if "trials.parquet" in before:
+        old = before["trials.parquet"].set_index("trial_key")
+        new = after["trials.parquet"].set_index("trial_key").loc[old.index]
+        assert (new["epochs_run"] >= old["epochs_run"]).all()
+        assert (new["status"] == old["status"]).all()
     epochs = pd.read_parquet(sweep / "epochs.parquet")
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
+
+
+def _midway(sweep: Path) -> str | None:
+    """`arm/seedN` of a trial that Tune's saved state has unfinished after epoch 1 (of 2), in an
+    arm that goes on, else None."""
+    import json
+
+    states = sorted((sweep / "tune" / "arms").glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {}
+    except (OSError, ValueError):       # being written
+        return None
+    for trial_json, meta_json in data.get("trial_data", []):
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        last = meta.get("last_result") or {}
+        config = last.get("config", {}).get("trial", {})
+        if trial.get("status") in ("RUNNING", "PAUSED", "PENDING") and last.get("epoch") == 1 \
+                and config.get("arm") in ("baseline", "localvit", "act=relu6"):
+            return f"{config['arm']}/seed{config['seed']}"
+    return None
