@@ -16,7 +16,8 @@ quietly. Edit the MUTATIONS list below (orchestrator entries last, grouped by fi
     nice -n 10 python benchmarks/mutations.py --jobs 2 --record   # everything, into RESULTS.md
 
 Each run takes as long as the suite up to its first failure (`-x`): seconds for a break that a
-unit test catches, the whole suite (minutes) for a survivor. A full run first checks that the
+unit test catches, the whole suite (minutes) for a survivor. The test files meant to catch a
+break run first (FIRST_FOR), then the rest of the suite. A full run first checks that the
 unmutated copy passes (`--no-baseline` skips that). `--rev HEAD` copies a commit instead of the
 working tree (others' unfinished edits stay out); `--tests tests/test_train.py` runs only some
 test files while developing: a break they catch also fails the full suite, but only the full
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import signal
 import sys
 import time
@@ -175,6 +177,18 @@ MUTATIONS: list[Mutation] = [
              pending=_ORCH_PENDING),
 ]
 
+# The test files that run first for a break in a file (Mutation.first): the ones written to
+# catch it. The rest of the suite runs after them, so a survivor still faces every test.
+FIRST_FOR = {
+    "trainers/train.py": ("tests/test_train.py",),
+    "trainers/_engine.py": ("tests/test_train.py",),
+    "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
+                      "tests/test_arm_scheduler.py"),
+}
+MUTATIONS = [m if m.first else dataclasses.replace(
+    m, first=next((t for prefix, t in FIRST_FOR.items() if m.path.startswith(prefix)), ()))
+    for m in MUTATIONS]
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -245,11 +259,10 @@ def _interrupt(signum, frame) -> None:
 def _run(args: argparse.Namespace, source: Source, selected: list[Mutation],
          by_name: dict[str, Mutation]) -> int:
     started = time.monotonic()
-    tests = args.tests + [f"--deselect={node}" for node in args.deselect]
     baseline = args.baseline if args.baseline is not None else not args.only
     if baseline:
         print("baseline: the unmutated copy must pass ...", flush=True)
-        base = run_one(None, source, tests, args.timeout, args.keep)
+        base = run_one(None, source, args.tests, args.deselect, args.timeout, args.keep)
         print(f"baseline: {base.status} in {base.seconds:.0f} s ({base.by})", flush=True)
         if base.status != "passed":
             print("\n".join(base.output.splitlines()[-60:]), file=sys.stderr)
@@ -260,7 +273,8 @@ def _run(args: argparse.Namespace, source: Source, selected: list[Mutation],
     outcomes: dict[str, Outcome] = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs))
     try:
-        futures = [pool.submit(run_one, m, source, tests, args.timeout, args.keep)
+        futures = [pool.submit(run_one, m, source, args.tests, args.deselect, args.timeout,
+                               args.keep)
                    for m in selected]
         for fut in concurrent.futures.as_completed(futures):
             o = fut.result()
