@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -37,17 +38,21 @@ def installed_versions() -> dict[str, str]:
 
 
 def check_commit(commit: str | None) -> None:
-    """`commit` is a real commit of the working directory's repository (HEAD when the sink
-    started, which other work may have moved since), or null outside a repository."""
+    """`commit` is a real commit of the repository the orchestrator's code was imported from
+    (HEAD when the sink started, which other work may have moved since), or null when that code
+    is not in a git repository (an installed wheel, a copy)."""
+    import orchestrator
+
+    code = Path(orchestrator.__file__).resolve().parent
     commit = None if pd.isna(commit) else commit
-    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True,
-                            check=False)
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=code,
+                            capture_output=True, check=False)
     if inside.returncode != 0:
         assert commit is None
         return
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit or ""), commit
     exists = subprocess.run(["git", "cat-file", "-e", commit.removesuffix("-dirty") + "^{commit}"],
-                            capture_output=True, check=False)
+                            cwd=code, capture_output=True, check=False)
     assert exists.returncode == 0, commit
 
 
