@@ -10,7 +10,8 @@ from trainers.locality import LocalitySpec
 
 TINY = PVT_ARCHS["pvt_tiny"]
 MICRO = PVT_ARCHS["pvt_micro"]
-LOCAL = LocalitySpec(act="hs+se", reduction="dim")  # LocalViT-PVT
+# LocalViT-PVT: gamma = each stage's MLP ratio, SE hidden = gamma.
+LOCAL = LocalitySpec(act="hs+se", expansion="mlp_ratio", reduction="dim")
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -76,14 +77,14 @@ def test_tiny_parameter_counts_match_the_authors():
     assert (round(plain / 1e6, 1), round(local / 1e6, 1)) == (13.2, 13.5)  # paper, Table 5
 
 
-def test_expansion_from_spec_uses_one_gamma_everywhere():
+def test_an_integer_expansion_is_one_gamma_everywhere():
     spec = LocalitySpec(act="hs+se", expansion=2, reduction="dim")
-    model = build_pvt(MICRO, locality=spec, num_classes=10, expansion_from="spec")
+    model = build_pvt(MICRO, locality=spec, num_classes=10)
     micro = dict(patches=MICRO.patch_sizes, dims=MICRO.embed_dims, ratios=MICRO.mlp_ratios,
                  depths=MICRO.depths, srs=MICRO.sr_ratios, grid0=32, classes=10)
     assert n_params(model) == pvt_params(**micro, gammas=(2, 2, 2, 2), local_blocks={0, 1, 2, 3})
-    with pytest.raises(ModelConfigError, match="expansion_from"):
-        build_pvt(MICRO, locality=spec, expansion_from="stage")
+    with pytest.raises(ModelConfigError, match="expansion"):
+        LocalitySpec(expansion="stage")
 
 
 @pytest.mark.parametrize("locality", [None, LOCAL], ids=["pvt_micro", "localvit_pvt_micro"])
@@ -113,7 +114,8 @@ def test_class_token_bypasses_the_locality_ffn():
 
 def test_layer_selection_counts_blocks_across_stages():
     assert pvt_depth(TINY) == 8 and pvt_depth(MICRO) == 4
-    model = build_pvt(MICRO, locality=LocalitySpec(reduction="dim", layers="2-3"), num_classes=10)
+    spec = LocalitySpec(expansion="mlp_ratio", reduction="dim", layers="2-3")
+    model = build_pvt(MICRO, locality=spec, num_classes=10)
     blocks = [b for stage in model.stages for b in stage.blocks]
     assert [hasattr(b, "ffn") for b in blocks] == [False, True, True, False]
     assert [hasattr(b, "mlp") for b in blocks] == [True, False, False, True]
@@ -125,8 +127,8 @@ def test_layer_selection_counts_blocks_across_stages():
 
 
 def test_drop_path_on_attention_only_in_locality_blocks():
-    model = build_pvt(MICRO, locality=LocalitySpec(reduction="dim", layers="4"),
-                      drop_path_rate=0.3)
+    spec = LocalitySpec(expansion="mlp_ratio", reduction="dim", layers="4")
+    model = build_pvt(MICRO, locality=spec, drop_path_rate=0.3)
     blocks = [b for stage in model.stages for b in stage.blocks]
     assert [type(b.drop_path).__name__ for b in blocks] == ["Identity", "DropPath", "DropPath",
                                                             "DropPath"]

@@ -12,12 +12,16 @@ The models are frozen pydantic models: hashable, picklable, safe to ship to Ray 
 from __future__ import annotations
 
 import copy
-import re
 import difflib
-from typing import Any, Literal, Mapping, Sequence, Union
+import re
+from dataclasses import fields
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from trainers.errors import ConfigError, ModelConfigError
+from trainers.locality import ACTIVATIONS, KNOB_CHECKS, LocalitySpec
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,35 +41,35 @@ __all__ = [
     "train_config_from_dict",
 ]
 
-# The paper's activation / channel-attention codes (REFERENCE.md section 2).
-ACTIVATIONS = ("relu6", "hs", "hs+se", "hs+eca", "hs+ecah")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key path and how to fix it."""
-
-
-class ModelConfigError(ConfigError):
-    """A model name, locality knob or architecture override is not valid for the model."""
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class LocalityConfig(_Frozen):
-    """Locality FFN knobs; a field left as None inherits the model variant's default."""
+def _knob_field(name: str, annotation: Any) -> tuple[Any, None]:
+    """An optional pydantic field with the knob's own annotation and check (trainers.locality)."""
 
-    act: Literal["relu6", "hs", "hs+se", "hs+eca", "hs+ecah"] | None = None
-    # gamma: hidden width = expansion * dim.
-    expansion: int | None = Field(default=None, gt=0)
-    # SE hidden width = expansion * dim // reduction; "dim" or "dim/N" is relative to each block's
-    # width (the hierarchical backbones' rule).
-    reduction: Union[int, str, None] = None
-    # Which transformer blocks get the locality FFN: "all", a 1-based range "1-4", or a list.
-    layers: Union[str, list[int], int, None] = None
-    dw_conv: bool | None = None
+    def check(value: Any) -> Any:
+        if value is not None:
+            KNOB_CHECKS[name](value)  # ValueError -> a validation error at model.locality.<name>
+        return value
+
+    return Optional[Annotated[annotation, AfterValidator(check)]], None
+
+
+# Locality FFN knobs over the model variant's (a field left None inherits the variant's value).
+# Derived from LocalitySpec, so the knobs, their types and their allowed values live in one place.
+LocalityConfig = create_model(
+    "LocalityConfig",
+    __base__=_Frozen,
+    __doc__="Locality FFN knobs over the variant's; a field left None inherits the variant's "
+            "value. The fields and checks are LocalitySpec's (trainers/locality.py).",
+    __module__=__name__,
+    **{f.name: _knob_field(f.name, get_type_hints(LocalitySpec)[f.name])
+       for f in fields(LocalitySpec)},
+)
 
 
 class ModelConfig(_Frozen):

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable, Literal, Mapping, Union, get_args
 
 import torch
 from torch import nn
 
-from .config import ACTIVATIONS, LocalityConfig, ModelConfigError
+from .errors import ModelConfigError
 
 __all__ = [
     "ACTIVATIONS",
     "ECA",
+    "KNOB_CHECKS",
     "LocalityFeedForward",
     "LocalitySpec",
     "SqueezeExcite",
@@ -31,55 +32,110 @@ __all__ = [
 ]
 
 
+# The knobs' allowed values, defined once: `LocalitySpec` checks them, and the edge
+# (`trainers.config.LocalityConfig`, every field optional) is derived from the same annotations
+# and checks.
+Activation = Literal["relu6", "hs", "hs+se", "hs+eca", "hs+ecah"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+# gamma: hidden width = gamma * dim; "mlp_ratio" takes the MLP ratio of the block the FFN replaces
+# (LocalViT-PVT: 8, 8, 4, 4 over its stages).
+Expansion = Union[int, Literal["mlp_ratio"]]
+# SE hidden width = gamma * dim // reduction; "dim" or "dim/N" is relative to each block's width
+# (the hierarchical backbones' rule: "dim" keeps SE hidden = gamma at every width).
+Reduction = Union[int, str]
+# Which blocks: "all", "none", a 1-based inclusive range "a-b", one block number or several.
+Layers = Union[str, int, tuple[int, ...]]
+
+_REDUCTION_RULE = re.compile(r"dim(/[1-9]\d*)?")
+_LAYERS_TEXT = re.compile(r"all|none|\d+\s*-\s*\d+|\d+([,\s]+\d+)*")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_act(value: Any) -> None:
+    if value not in ACTIVATIONS:
+        raise ValueError(f"must be one of {', '.join(ACTIVATIONS)} but got {value!r}")
+
+
+def _check_expansion(value: Any) -> None:
+    if not (_positive_int(value) or value == "mlp_ratio"):
+        raise ValueError(f"must be a positive integer (gamma) or 'mlp_ratio' (the replaced "
+                         f"MLP's ratio) but got {value!r}")
+
+
+def _check_reduction(value: Any) -> None:
+    if not (_positive_int(value)
+            or (isinstance(value, str) and _REDUCTION_RULE.fullmatch(value))):
+        raise ValueError("must be a positive integer (SE hidden = expansion*dim // reduction) or "
+                         f"'dim' / 'dim/N' (relative to each block's width) but got {value!r}")
+
+
+def _check_layers(value: Any) -> None:
+    ok = (_positive_int(value)
+          or (isinstance(value, str) and _LAYERS_TEXT.fullmatch(value.strip().lower()))
+          or (isinstance(value, tuple) and value and all(_positive_int(v) for v in value)))
+    if not ok:
+        raise ValueError(f"must be 'all', a 1-based range like '1-4', or block numbers like "
+                         f"[1, 5] but got {value!r}")
+
+
+def _check_dw_conv(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false but got {value!r}")
+
+
+# knob -> its check (raises ValueError "must be ... but got ..."); one per LocalitySpec field.
+KNOB_CHECKS = {"act": _check_act, "expansion": _check_expansion, "reduction": _check_reduction,
+               "layers": _check_layers, "dw_conv": _check_dw_conv}
+
+
 @dataclass(frozen=True)
 class LocalitySpec:
-    """A fully resolved locality FFN configuration.
+    """A fully resolved locality FFN configuration: every ablation knob of the paper.
 
-    `reduction` is an int (SE hidden width = expansion * dim // reduction) or a rule relative to the
-    block width for hierarchical backbones: "dim" (PVT: SE hidden = expansion) or "dim/4" (Swin).
-    `layers` is "all", a 1-based inclusive range "a-b", or a tuple of 1-based block indices.
+    `expansion` is gamma, or "mlp_ratio" for the ratio of the MLP the FFN replaces. `reduction`
+    is an int (SE hidden width = gamma * dim // reduction) or a rule relative to the block width
+    for hierarchical backbones: "dim" (SE hidden = gamma) or "dim/4" (Swin). `layers` is "all", a
+    1-based inclusive range "a-b", or a tuple of 1-based block indices (a list becomes a tuple).
     """
 
-    act: str = "hs+se"
-    expansion: int = 4
-    reduction: int | str = 4
-    layers: str | tuple[int, ...] = "all"
+    act: Activation = "hs+se"
+    expansion: Expansion = 4
+    reduction: Reduction = 4
+    layers: Layers = "all"
     dw_conv: bool = True
 
     def __post_init__(self) -> None:
-        if self.act not in ACTIVATIONS:
-            raise ModelConfigError(
-                f"locality.act must be one of {', '.join(ACTIVATIONS)} but got {self.act!r}"
-            )
-        if not isinstance(self.expansion, int) or self.expansion < 1:
-            raise ModelConfigError(
-                f"locality.expansion must be a positive integer but got {self.expansion!r}"
-            )
-        _check_reduction(self.reduction)
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        for f in fields(self):
+            try:
+                KNOB_CHECKS[f.name](getattr(self, f.name))
+            except ValueError as err:
+                raise ModelConfigError(f"locality.{f.name} {err}") from None
 
-    def se_hidden(self, dim: int) -> int:
+    def gamma(self, mlp_ratio: float | None = None) -> int:
+        """The expansion for a block whose MLP ratio is `mlp_ratio`."""
+        if self.expansion != "mlp_ratio":
+            return self.expansion
+        if mlp_ratio is None or mlp_ratio < 1 or mlp_ratio != int(mlp_ratio):
+            raise ModelConfigError(
+                f"locality.expansion 'mlp_ratio' needs a block with an integer MLP ratio but got "
+                f"{mlp_ratio!r}; set locality.expansion to an integer"
+            )
+        return int(mlp_ratio)
+
+    def se_hidden(self, dim: int, mlp_ratio: float | None = None) -> int:
         """Width of the SE bottleneck for a block of width `dim`."""
-        hidden = self.expansion * dim
+        hidden = self.gamma(mlp_ratio) * dim
         if isinstance(self.reduction, str):
             divisor = int(self.reduction.split("/")[1]) if "/" in self.reduction else 1
             reduction = dim // divisor
         else:
             reduction = self.reduction
         return max(1, hidden // reduction)
-
-
-_REDUCTION_RULE = re.compile(r"dim(/[1-9]\d*)?")
-
-
-def _check_reduction(value: Any) -> None:
-    if isinstance(value, bool) or not (
-        (isinstance(value, int) and value > 0)
-        or (isinstance(value, str) and _REDUCTION_RULE.fullmatch(value))
-    ):
-        raise ModelConfigError(
-            "locality.reduction must be a positive integer (SE hidden = expansion*dim // reduction) "
-            f"or 'dim' / 'dim/N' (relative to each block's width) but got {value!r}"
-        )
 
 
 def resolve_layers(layers: str | int | Iterable[int], depth: int) -> frozenset[int]:
@@ -123,8 +179,8 @@ def merge_locality(
     """Resolve the `locality` argument of create_model.
 
     "default" keeps the variant's own setting (None for a plain backbone); None turns locality
-    off; a mapping / LocalityConfig / LocalitySpec switches it on, its set fields overriding the
-    variant's knobs (or the family defaults for a plain backbone).
+    off; a mapping, a `trainers.config.LocalityConfig` or a LocalitySpec switches it on, its set
+    fields overriding the variant's knobs (or the family defaults for a plain backbone).
     """
     if isinstance(override, str) and override == "default":
         return variant_default
@@ -132,8 +188,9 @@ def merge_locality(
         return None
     if isinstance(override, LocalitySpec):
         return override
-    if isinstance(override, LocalityConfig):
-        knobs = override.model_dump(exclude_none=True)
+    dump = getattr(override, "model_dump", None)  # the pydantic edge type, LocalityConfig
+    if callable(dump):
+        knobs = dump(exclude_none=True)
     elif isinstance(override, Mapping):
         knobs = {k: v for k, v in override.items() if v is not None}
         unknown = sorted(set(knobs) - set(LocalitySpec.__dataclass_fields__))
@@ -146,8 +203,6 @@ def merge_locality(
         raise ModelConfigError(
             f"locality must be 'default', null or a mapping of knobs but got {override!r}"
         )
-    if isinstance(knobs.get("layers"), list):
-        knobs["layers"] = tuple(knobs["layers"])
     return replace(variant_default or family_default, **knobs)
 
 
@@ -206,13 +261,15 @@ class LocalityFeedForward(nn.Module):
     """Replaces `norm2 + MLP` of a transformer block; includes its own residual connection.
 
     forward(x, grid, num_prefix_tokens): x is (B, P + H*W, C) with P prefix tokens first and the
-    patch tokens in row-major order of the (H, W) grid.
+    patch tokens in row-major order of the (H, W) grid. `mlp_ratio` is the ratio of the MLP this
+    block replaces; it sets gamma when `spec.expansion` is "mlp_ratio".
     """
 
-    def __init__(self, dim: int, spec: LocalitySpec, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, spec: LocalitySpec, *, mlp_ratio: float | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
-        hidden = spec.expansion * dim
+        hidden = spec.gamma(mlp_ratio) * dim
         layers: list[nn.Module] = [
             nn.Conv2d(dim, hidden, 1, bias=False, **kw),
             nn.BatchNorm2d(hidden, **kw),
@@ -225,7 +282,7 @@ class LocalityFeedForward(nn.Module):
                 _activation(spec.act),
             ]
         if spec.act == "hs+se":
-            layers.append(SqueezeExcite(hidden, spec.se_hidden(dim), **kw))
+            layers.append(SqueezeExcite(hidden, spec.se_hidden(dim, mlp_ratio), **kw))
         elif spec.act in ("hs+eca", "hs+ecah"):
             layers.append(ECA(hidden, hard_gate=spec.act == "hs+ecah", **kw))
         layers += [nn.Conv2d(hidden, dim, 1, bias=False, **kw), nn.BatchNorm2d(dim, **kw)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from torch import nn
@@ -26,7 +26,8 @@ from .backbones.pvt import PVT_ARCHS
 from .backbones.swin import SwinArch
 from .backbones.t2t import T2T_ARCHS
 from .backbones.tnt import TNTArch
-from .config import LocalityConfig, ModelConfig, ModelConfigError
+from .config import ModelConfig
+from .errors import ModelConfigError
 from .locality import LocalitySpec, merge_locality, resolve_layers
 
 __all__ = [
@@ -69,6 +70,9 @@ class Variant:
     smoke: str
     drop_path_rate: float = 0.1
     paper: PaperFigures | None = None
+    # T2T-ViT: the knobs of the Performer token layers' locality FFN, over the blocks' locality;
+    # the token layers get it whenever the blocks have locality (None: the family has none).
+    token_locality: Mapping[str, Any] | None = None
 
 
 # Locality defaults per family (REFERENCE.md section 3). "dim" keeps SE hidden = expansion = 4
@@ -78,8 +82,11 @@ _DEIT_S = LocalitySpec(act="hs+se", expansion=4, reduction=384)
 _SE4 = LocalitySpec(act="hs+se", expansion=4, reduction=4)
 _BY_DIM = LocalitySpec(act="hs+se", expansion=4, reduction="dim")
 _SWIN = LocalitySpec(act="hs+se", expansion=4, reduction="dim/4")
-_PVT = LocalitySpec(act="hs+se", expansion=4, reduction="dim")  # gamma = stage MLP ratio
+# LocalViT-PVT: gamma = each stage's MLP ratio (8, 8, 4, 4) and SE hidden = gamma.
+_PVT = LocalitySpec(act="hs+se", expansion="mlp_ratio", reduction="dim")
 _T2T = LocalitySpec(act="hs+se", expansion=2, reduction=128)
+# LocalViT-T2T's token layers: gamma 1, h-swish, no SE, both layers; dw_conv follows the blocks'.
+_T2T_TOKENS = {"act": "hs", "expansion": 1, "layers": "all"}
 
 _DEIT_TINY = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 _DEIT_SMALL = ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=6)
@@ -100,6 +107,7 @@ def _rows() -> list[Variant]:
     heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=4)
     heads8 = ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=8)
     micro = dict(drop_path_rate=0.0)
+    tokens = dict(token_locality=_T2T_TOKENS)
     return [
         # LocalViT table 5, DeiT rows (DeiT, Touvron et al. 2021, table 1).
         Variant("deit_tiny", "deit", _DEIT_TINY, 224, None, _DEIT_T, "vit_micro",
@@ -125,10 +133,10 @@ def _rows() -> list[Variant]:
                 "localvit_tnt_micro", paper=PaperFigures(6.3, 1.4, 75.9)),
         # T2T-ViT-7 (Yuan et al. 2021, table 1), Performer token layers.
         Variant("t2t_vit_7", "t2t", t2t_7, 224, None, _T2T, "t2t_vit_micro",
-                paper=PaperFigures(4.3, 1.2, 71.7)),
+                paper=PaperFigures(4.3, 1.2, 71.7), **tokens),
         # The paper prints 4.3 M; the authors' code gives 4,385,386 (4.4 M), ours 256 fewer.
         Variant("localvit_t2t_7", "t2t", t2t_7, 224, _T2T, _T2T, "localvit_t2t_micro",
-                paper=PaperFigures(4.3, 1.2, 72.5)),
+                paper=PaperFigures(4.3, 1.2, 72.5), **tokens),
         # Swin-T (Liu et al. 2021, table 1); the paper reports LocalViT-Swin's gain, not Swin-T's
         # own top-1.
         Variant("swin_tiny", "swin", _SWIN_TINY, 224, None, _SWIN, "swin_micro",
@@ -149,9 +157,9 @@ def _rows() -> list[Variant]:
         Variant("localvit_pvt_micro", "pvt", pvt_m, pvt_m.img_size, _PVT, _PVT,
                 "localvit_pvt_micro", **micro),
         Variant("t2t_vit_micro", "t2t", t2t_m, t2t_m.img_size, None, _T2T, "t2t_vit_micro",
-                **micro),
+                **micro, **tokens),
         Variant("localvit_t2t_micro", "t2t", t2t_m, t2t_m.img_size, _T2T, _T2T,
-                "localvit_t2t_micro", **micro),
+                "localvit_t2t_micro", **micro, **tokens),
     ]
 
 
@@ -193,34 +201,36 @@ def smoke_variant(name: str) -> str:
     return get_variant(name).smoke
 
 
-def _explicit_knobs(locality: Any) -> frozenset[str]:
-    if isinstance(locality, LocalitySpec):
-        return frozenset(f.name for f in fields(LocalitySpec))
-    if isinstance(locality, LocalityConfig):
-        return frozenset(locality.model_dump(exclude_none=True))
-    if isinstance(locality, Mapping):
-        return frozenset(k for k, v in locality.items() if v is not None)
-    return frozenset()
-
-
 def resolve_locality(name: str, locality: Any = "default") -> LocalitySpec | None:
     """The locality spec `create_model(name, locality=...)` builds with (None: no locality FFN)."""
     row = get_variant(name)
     return merge_locality(row.knobs, row.locality, locality)
 
 
+def _mlp_ratios(arch: Any) -> tuple[float, ...]:
+    ratios = getattr(arch, "mlp_ratios", None)
+    return tuple(ratios) if ratios is not None else (arch.mlp_ratio,)
+
+
 def _resolve(name: str, locality: Any, img_size: Any, arch: Mapping[str, Any]
-             ) -> tuple[Variant, Family, Any, LocalitySpec | None, Any]:
-    """Everything create_model needs, validated without building anything."""
+             ) -> tuple[Variant, Family, Any, dict[str, Any], Any]:
+    """Everything create_model needs (the localities as build arguments), validated without
+    building anything."""
     row = get_variant(name)
     fam = FAMILIES[row.family]
     arch_obj = apply_arch_overrides(row.arch, arch, model=name)
     spec = merge_locality(row.knobs, row.locality, locality)
+    localities: dict[str, Any] = {"locality": spec}
     if spec is not None:
         resolve_layers(spec.layers, fam.num_blocks(arch_obj))
+        for ratio in _mlp_ratios(arch_obj):
+            spec.gamma(ratio)  # expansion "mlp_ratio" needs integer MLP ratios
+    if row.token_locality is not None:
+        localities["token_locality"] = (None if spec is None
+                                        else replace(spec, **row.token_locality))
     size = row.img_size if img_size is None else img_size
     fam.check_img_size(arch_obj, size)
-    return row, fam, arch_obj, spec, size
+    return row, fam, arch_obj, localities, size
 
 
 def create_model(name: str, *, locality: Any = "default", num_classes: int = 1000,
@@ -230,14 +240,13 @@ def create_model(name: str, *, locality: Any = "default", num_classes: int = 100
     """Build a named variant.
 
     locality: "default" (the variant's own; none for a plain backbone), None (no locality FFN),
-    or a mapping / LocalityConfig / LocalitySpec of knobs over the variant's (or, for a plain
-    backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio, num_heads,
+    or a mapping / trainers.config.LocalityConfig / LocalitySpec of knobs over the variant's (or,
+    for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio, num_heads,
     depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
     """
-    row, fam, arch_obj, spec, size = _resolve(name, locality, img_size, arch)
+    row, fam, arch_obj, localities, size = _resolve(name, locality, img_size, arch)
     return fam.build(
-        arch_obj, locality=spec, explicit=_explicit_knobs(locality), num_classes=num_classes,
-        img_size=size, in_chans=in_chans,
+        arch_obj, **localities, num_classes=num_classes, img_size=size, in_chans=in_chans,
         drop_path_rate=row.drop_path_rate if drop_path_rate is None else drop_path_rate,
     )
 

@@ -11,7 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import ModelConfigError
+from ..errors import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
 __all__ = ["ClassTokenClassifier", "apply_arch_overrides", "check_patch_grid", "default_cfg",

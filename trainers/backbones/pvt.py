@@ -8,22 +8,23 @@ v1, so it is written here; the tiny row matches the authors' model to the last p
 (13,229,288; LocalViT-PVT 13,456,152, REFERENCE.md section 3).
 
 In LocalViT-PVT (Li et al., arXiv 2104.05707) each selected block's `norm2 + MLP` becomes the
-locality FFN with gamma = the stage's MLP ratio and SE hidden = gamma (reduction "dim"); the stage-4
-class token bypasses it. Token grids are passed explicitly, so non-square inputs work.
+locality FFN with gamma = the stage's MLP ratio and SE hidden = gamma (the variant table's
+expansion "mlp_ratio", reduction "dim"); the stage-4 class token bypasses it. The blocks are
+`_blocks.Block`, shared with T2T-ViT. Token grids are passed explicitly, so non-square inputs work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from math import prod
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_, use_fused_attn
+from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import ModelConfigError
-from ..locality import LocalityFeedForward, LocalitySpec
+from ..errors import ModelConfigError
+from ..locality import LocalitySpec
+from ._blocks import Block
 from ._common import (
     ClassTokenClassifier,
     default_cfg,
@@ -135,73 +136,11 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), grid  # (B, H'*W', D)
 
 
-class SpatialReductionAttention(nn.Module):
-    """Multi-head attention whose keys / values come from the grid shrunk by `sr_ratio`."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, sr_ratio: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        # timm's switch: F.scaled_dot_product_attention or explicit matmuls (same maths).
-        self.fused_attn = use_fused_attn()
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
-                ) -> torch.Tensor:
-        batch, n, dim = x.shape
-        head_dim = dim // self.num_heads
-        q = self.q(x).reshape(batch, n, self.num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
-        source = x
-        if self.sr_ratio > 1:
-            prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
-            img = tokens.transpose(1, 2).reshape(batch, dim, *grid)  # (B, C, H, W)
-            reduced = self.norm(self.sr(img).flatten(2).transpose(1, 2))  # (B, H*W/r^2, C)
-            source = torch.cat([prefix, reduced], dim=1)
-        kv = self.kv(source).reshape(batch, -1, 2, self.num_heads, head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, M, d)
-        if self.fused_attn:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
-        else:
-            out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # (B, h, N, d)
-        return self.proj(out.transpose(1, 2).reshape(batch, n, dim))
-
-
-class PVTBlock(nn.Module):
-    """Pre-norm block: SR attention, then either LN + GELU MLP or the locality FFN."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, qkv_bias: bool, sr_ratio: int,
-                 norm_eps: float, drop_path: float, locality: LocalitySpec | None) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SpatialReductionAttention(dim, num_heads, qkv_bias, sr_ratio)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.locality = locality is not None
-        if locality is not None:
-            self.ffn = LocalityFeedForward(dim, locality)
-        else:
-            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
-                ) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), grid, num_prefix_tokens))
-        if self.locality:
-            # The locality FFN carries its own residual; drop-path stays on attention only.
-            return self.ffn(x, grid, num_prefix_tokens)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class PVTStage(nn.Module):
     """Patch embedding + learned position embedding (+ class token slot) + blocks."""
 
     def __init__(self, in_chans: int, dim: int, patch: int, grid: tuple[int, int],
-                 num_prefix_tokens: int, blocks: list[PVTBlock]) -> None:
+                 num_prefix_tokens: int, blocks: list[Block]) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(in_chans, dim, patch)
         self.grid = grid
@@ -231,14 +170,9 @@ class PyramidVisionTransformer(ClassTokenClassifier, nn.Module):
     """PVT v1 classifier; `locality` (one spec, or None) selects blocks by `spec.layers`."""
 
     def __init__(self, arch: PVTArch, *, locality: LocalitySpec | None = None,
-                 expansion_from: str = "mlp_ratio", num_classes: int = 1000,
-                 img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
-                 in_chans: int = 3) -> None:
+                 num_classes: int = 1000, img_size: int | tuple[int, int] | None = None,
+                 drop_path_rate: float = 0.0, in_chans: int = 3) -> None:
         super().__init__()
-        if expansion_from not in ("mlp_ratio", "spec"):
-            raise ModelConfigError(
-                f"expansion_from must be 'mlp_ratio' or 'spec' but got {expansion_from!r}"
-            )
         grids = check_pvt_img_size(arch, img_size)
         depth = pvt_depth(arch)
         selected = locality_blocks(locality, depth)
@@ -249,16 +183,13 @@ class PyramidVisionTransformer(ClassTokenClassifier, nn.Module):
         self.img_size = img_hw(arch.img_size if img_size is None else img_size)
         stages, index, width = [], 0, in_chans
         for s, dim in enumerate(arch.embed_dims):
-            spec = None
-            if locality is not None:
-                # LocalViT-PVT: gamma = the stage's MLP ratio unless the caller asks for the spec's.
-                gamma = arch.mlp_ratios[s] if expansion_from == "mlp_ratio" else locality.expansion
-                spec = replace(locality, expansion=gamma)
             blocks = []
             for _ in range(arch.depths[s]):
-                blocks.append(PVTBlock(
-                    dim, arch.num_heads[s], arch.mlp_ratios[s], arch.qkv_bias, arch.sr_ratios[s],
-                    arch.norm_eps, rates[index], spec if index in selected else None,
+                # LocalViT-PVT's expansion "mlp_ratio": gamma = this stage's MLP ratio.
+                blocks.append(Block(
+                    dim, arch.num_heads[s], mlp_ratio=arch.mlp_ratios[s], qkv_bias=arch.qkv_bias,
+                    norm_eps=arch.norm_eps, drop_path=rates[index], sr_ratio=arch.sr_ratios[s],
+                    locality=locality if index in selected else None,
                 ))
                 index += 1
             last = s == len(arch.embed_dims) - 1
@@ -286,13 +217,13 @@ class PyramidVisionTransformer(ClassTokenClassifier, nn.Module):
 
 def build_pvt(arch: PVTArch, *, locality: LocalitySpec | None = None, num_classes: int = 1000,
               img_size: int | tuple[int, int] | None = None, drop_path_rate: float = 0.0,
-              in_chans: int = 3, expansion_from: str = "mlp_ratio") -> PyramidVisionTransformer:
+              in_chans: int = 3) -> PyramidVisionTransformer:
     """Build PVT v1 (locality=None) or LocalViT-PVT.
 
-    `expansion_from="mlp_ratio"` (the paper) sets each stage's gamma to its MLP ratio and ignores
-    `locality.expansion`; "spec" uses `locality.expansion` in every stage (an expansion ablation).
+    LocalViT-PVT's spec has `expansion="mlp_ratio"` (each stage's gamma is its MLP ratio, 8, 8,
+    4, 4) and `reduction="dim"` (SE hidden = gamma); an integer expansion applies to every stage.
     """
     return PyramidVisionTransformer(
-        arch, locality=locality, expansion_from=expansion_from, num_classes=num_classes,
-        img_size=img_size, drop_path_rate=drop_path_rate, in_chans=in_chans,
+        arch, locality=locality, num_classes=num_classes, img_size=img_size,
+        drop_path_rate=drop_path_rate, in_chans=in_chans,
     )

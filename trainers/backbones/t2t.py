@@ -4,8 +4,10 @@ The T2T module soft-splits the image into overlapping patches (nn.Unfold), re-st
 tokens with a Performer token layer (one head, positive random-feature attention with a frozen
 orthogonal projection), folds them back to their grid and soft-splits again; a Linear projects
 the last split to the backbone width. The backbone is a plain ViT with a class token and a frozen
-sinusoid position embedding. timm has no T2T-ViT, so it is written here; T2T-ViT-7 matches the
-authors' model to the last parameter (REFERENCE.md section 3).
+sinusoid position embedding, its blocks `_blocks.Block` (shared with PVT v1; multi-head attention
+with separate q and kv projections, the same parameters as a fused qkv). timm has no T2T-ViT, so
+it is written here; T2T-ViT-7 matches the authors' model to the last parameter (REFERENCE.md
+section 3).
 
 LocalViT-T2T (Li et al., arXiv 2104.05707) swaps the backbone blocks' `norm2 + MLP` for the
 locality FFN (gamma 2, hs+se, SE hidden 4) and each token layer's `norm2 + MLP` for a gamma-1
@@ -23,11 +25,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from timm.layers import Attention, DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
-from ..config import ModelConfigError
+from ..errors import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
+from ._blocks import Block
 from ._common import (
     ClassTokenClassifier,
     default_cfg,
@@ -154,7 +157,7 @@ class PerformerTokenLayer(nn.Module):
                                             requires_grad=False)
         self.locality = locality is not None
         if locality is not None:
-            self.ffn = LocalityFeedForward(dim, locality)
+            self.ffn = LocalityFeedForward(dim, locality, mlp_ratio=1)
         else:
             self.norm2 = nn.LayerNorm(dim)
             self.mlp = Mlp(dim, dim, drop=(0.0, drop))
@@ -216,30 +219,6 @@ class TokensToToken(nn.Module):
         return self.project(x)
 
 
-class T2TBlock(nn.Module):
-    """ViT block; with `locality` its `norm2 + MLP` is the locality FFN (drop-path on attn only)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                 norm_eps: float, drop_path: float, locality: LocalitySpec | None) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.locality = locality is not None
-        if locality is not None:
-            self.ffn = LocalityFeedForward(dim, locality)
-        else:
-            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
-                ) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        if self.locality:
-            return self.ffn(x, grid, num_prefix_tokens)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class T2TViT(ClassTokenClassifier, nn.Module):
     """T2T-ViT classifier reading the class token."""
 
@@ -262,8 +241,9 @@ class T2TViT(ClassTokenClassifier, nn.Module):
         selected = locality_blocks(locality, arch.depth)
         rates = torch.linspace(0, drop_path_rate, arch.depth).tolist()
         self.blocks = nn.ModuleList(
-            T2TBlock(arch.embed_dim, arch.num_heads, arch.mlp_ratio, arch.qkv_bias, arch.norm_eps,
-                     rates[i], locality if i in selected else None)
+            Block(arch.embed_dim, arch.num_heads, mlp_ratio=arch.mlp_ratio,
+                  qkv_bias=arch.qkv_bias, norm_eps=arch.norm_eps, drop_path=rates[i],
+                  locality=locality if i in selected else None)
             for i in range(arch.depth)
         )
         self.norm = nn.LayerNorm(arch.embed_dim, eps=arch.norm_eps)
