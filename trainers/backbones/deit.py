@@ -17,7 +17,8 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..config import ModelConfigError
+from .. import _timm_compat as compat
+from ..errors import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
 from ._common import check_patch_grid, img_hw, locality_blocks
 
@@ -49,21 +50,21 @@ class LocalityBlock(Block):
     `grid` (H, W) and `num_prefix_tokens` are set by the owning model from its patch embedding.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, locality: LocalitySpec, **kwargs: Any) -> None:
-        super().__init__(dim, num_heads, **kwargs)
+    def __init__(self, dim: int, num_heads: int, *, locality: LocalitySpec,
+                 mlp_ratio: float = 4.0, **kwargs: Any) -> None:
+        super().__init__(dim, num_heads, mlp_ratio=mlp_ratio, **kwargs)
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         # The locality FFN has its own residual and BatchNorms; LayerNorm, layer-scale and
         # drop-path of the MLP branch go away (drop-path stays on the attention branch).
-        del self.norm2, self.mlp, self.ls2, self.drop_path2
-        self.ffn = LocalityFeedForward(dim, locality, **dd)
+        compat.remove_branch(self, compat.VIT_MLP_BRANCH)
+        self.ffn = LocalityFeedForward(dim, locality, mlp_ratio=mlp_ratio, **dd)
         self.grid: tuple[int, int] | None = None
         self.num_prefix_tokens = 1
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         assert self.grid is not None, "LocalityBlock.grid is set by its model before use"
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask,
-                                                   is_causal=is_causal)))
+        x = compat.vit_block_attention(self, x, attn_mask, is_causal)
         return self.ffn(x, self.grid, self.num_prefix_tokens)
 
 
@@ -88,10 +89,11 @@ class LocalVisionTransformer(VisionTransformer):
         self._sync_grid()
 
     def _sync_grid(self) -> None:
+        grid, num_prefix_tokens = compat.vit_token_grid(self)
         for block in self.blocks:
             if isinstance(block, LocalityBlock):
-                block.grid = tuple(self.patch_embed.grid_size)
-                block.num_prefix_tokens = self.num_prefix_tokens
+                block.grid = grid
+                block.num_prefix_tokens = num_prefix_tokens
 
     def set_input_size(self, img_size=None, patch_size=None) -> None:
         super().set_input_size(img_size=img_size, patch_size=patch_size)

@@ -1,8 +1,9 @@
 """Swin Transformer with the locality FFN in selected blocks (LocalViT-Swin, paper section 3).
 
 timm's `SwinTransformer` is built as is; each selected block (1-based, counted over all stages in
-forward order) is rebuilt as `LocalitySwinBlock`, a `SwinTransformerBlock` whose `norm2 + mlp`
-is replaced by `LocalityFeedForward` on the block's own (H, W) grid. Window attention, shifts and
+forward order) is built anew from the arguments timm derives from the model's
+(`_timm_compat.swin_block_args`) as `LocalitySwinBlock`, a `SwinTransformerBlock` whose
+`norm2 + mlp` is replaced by `LocalityFeedForward` on the block's own (H, W) grid. Window attention, shifts and
 patch merging are timm's, unchanged. Swin has no class token.
 """
 
@@ -11,17 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from functools import partial
-
 import torch
-from timm.layers import DropPath
-from timm.models._manipulate import named_apply
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
-from timm.models.vision_transformer import init_weights_vit_timm
+from torch import nn
 
-from ..config import ModelConfigError
+from .. import _timm_compat as compat
+from ..errors import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
-from ._common import check_patch_grid, img_hw, locality_blocks
+from ._common import check_patch_grid, img_hw, init_vit_weights, locality_blocks
 
 __all__ = ["LocalitySwinBlock", "SwinArch", "build_swin", "check_img_size", "num_blocks"]
 
@@ -56,34 +54,16 @@ class LocalitySwinBlock(SwinTransformerBlock):
 
     def __init__(self, *, locality: LocalitySpec, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        del self.norm2, self.mlp, self.drop_path2
-        self.ffn = LocalityFeedForward(self.dim, locality, device=kwargs.get("device"),
-                                       dtype=kwargs.get("dtype"))
+        compat.remove_branch(self, compat.SWIN_MLP_BRANCH)
+        self.ffn = LocalityFeedForward(kwargs["dim"], locality,
+                                       mlp_ratio=kwargs.get("mlp_ratio", 4.0),
+                                       device=kwargs.get("device"), dtype=kwargs.get("dtype"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        x = compat.swin_block_attention(self, x)
         x = self.ffn(x.reshape(batch, height * width, channels), (height, width), 0)
         return x.reshape(batch, height, width, channels)
-
-
-def _block_kwargs(block: SwinTransformerBlock) -> dict[str, Any]:
-    """The constructor arguments that rebuild `block` (the attention's own settings included)."""
-    attn = block.attn
-    drop = block.drop_path1.drop_prob if isinstance(block.drop_path1, DropPath) else 0.0
-    return dict(
-        dim=block.dim,
-        input_resolution=block.input_resolution,
-        num_heads=attn.num_heads,
-        head_dim=attn.qkv.out_features // 3 // attn.num_heads,
-        window_size=block.window_size,
-        shift_size=block.target_shift_size,
-        always_partition=block.always_partition,
-        dynamic_mask=block.dynamic_mask,
-        mlp_ratio=block.mlp_ratio,
-        qkv_bias=attn.qkv.bias is not None,
-        drop_path=drop,
-    )
 
 
 def num_blocks(arch: SwinArch) -> int:
@@ -98,20 +78,31 @@ def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: in
                img_size: int | tuple[int, int] = 224, drop_path_rate: float = 0.0,
                in_chans: int = 3) -> SwinTransformer:
     check_img_size(arch, img_size)
+    size = img_hw(img_size)
     model = SwinTransformer(
-        img_size=img_hw(img_size), patch_size=arch.patch_size, in_chans=in_chans,
+        img_size=size, patch_size=arch.patch_size, in_chans=in_chans,
         num_classes=num_classes, embed_dim=arch.embed_dim, depths=arch.depths,
         num_heads=arch.num_heads, window_size=arch.window_size, mlp_ratio=arch.mlp_ratio,
         qkv_bias=arch.qkv_bias, drop_path_rate=drop_path_rate,
     )
     selected = locality_blocks(locality, num_blocks(arch))
+    if not selected:
+        return model
+    # The selected blocks are built from the builder's own arguments, as timm derives them.
+    args = compat.swin_block_args(
+        img_size=size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depths=arch.depths,
+        num_heads=arch.num_heads, window_size=arch.window_size, mlp_ratio=arch.mlp_ratio,
+        qkv_bias=arch.qkv_bias, drop_path_rate=drop_path_rate,
+    )
+
+    def make(index: int, old: nn.Module) -> nn.Module | None:
+        if index not in selected:
+            return None
+        new = LocalitySwinBlock(locality=locality, **args[index])
+        new.apply(init_vit_weights)  # the ViT init SwinTransformer gives every other block
+        return new
+
     index = 0
     for stage in model.layers:
-        for j, block in enumerate(stage.blocks):
-            if index in selected:
-                new = LocalitySwinBlock(locality=locality, **_block_kwargs(block))
-                # timm's ViT-style init, as SwinTransformer.init_weights gives every other block.
-                named_apply(partial(init_weights_vit_timm, needs_reset=False), new)
-                stage.blocks[j] = new
-            index += 1
+        index = compat.replace_blocks(stage.blocks, make, index)
     return model

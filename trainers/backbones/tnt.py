@@ -3,7 +3,7 @@
 timm's `TNT` with its legacy layout (pixel embedding conv on the whole image, per-block
 `LayerNorm(inner_dim)` + biased projection) is the layout of the TNT the LocalViT authors build
 on, and gives TNT-T's published 6.1 M parameters. Each selected block (1-based over the 12 blocks)
-is rebuilt as `LocalityTNTBlock`: the inner transformer keeps its GELU MLP, the outer
+is built anew from the model's arguments as `LocalityTNTBlock`: the inner transformer keeps its GELU MLP, the outer
 `norm_mlp + mlp` becomes `LocalityFeedForward` on the patch grid; the class token bypasses it.
 """
 
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.layers import DropPath
 from timm.models.tnt import TNT, Block as TNTBlock
+from torch import nn
 
-from ..config import ModelConfigError
+from .. import _timm_compat as compat
+from ..errors import ModelConfigError
 from ..locality import LocalityFeedForward, LocalitySpec
-from ._common import check_patch_grid, img_hw, locality_blocks
+from ._common import check_patch_grid, img_hw, init_vit_weights, locality_blocks
 
 __all__ = ["LocalityTNTBlock", "LocalTNT", "TNTArch", "build_tnt", "check_img_size", "num_blocks"]
 
@@ -50,55 +51,45 @@ class TNTArch:
 class LocalityTNTBlock(TNTBlock):
     """timm's TNT block whose outer `norm_mlp + mlp` is the locality FFN."""
 
-    def __init__(self, *, locality: LocalitySpec, **kwargs: Any) -> None:
+    def __init__(self, *, locality: LocalitySpec, grid: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        del self.norm_mlp, self.mlp
-        self.ffn = LocalityFeedForward(kwargs["dim_out"], locality, device=kwargs.get("device"),
-                                       dtype=kwargs.get("dtype"))
-        self.grid: tuple[int, int] | None = None
+        compat.remove_branch(self, compat.TNT_MLP_BRANCH)
+        self.ffn = LocalityFeedForward(kwargs["dim_out"], locality,
+                                       mlp_ratio=kwargs.get("mlp_ratio", 4.0),
+                                       device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        self.grid = grid
 
     def forward(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.grid is not None, "LocalityTNTBlock.grid is set by its model before use"
-        # Inner transformer: unchanged.
-        pixel_embed = pixel_embed + self.drop_path(self.attn_in(self.norm_in(pixel_embed)))
-        pixel_embed = pixel_embed + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel_embed)))
-        # Pixel -> patch projection (legacy or not, as timm's block), class token untouched.
-        batch, n, _ = patch_embed.shape
-        if self.norm2_proj is None:
-            pixels = self.proj(self.norm1_proj(pixel_embed).reshape(batch, n - 1, -1))
-        else:
-            pixels = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, n - 1, -1))))
-        patch_embed = torch.cat([patch_embed[:, :1], patch_embed[:, 1:] + pixels], dim=1)
-        # Outer transformer: attention as timm, then the locality FFN (drop-path on attention only).
-        patch_embed = patch_embed + self.drop_path(self.attn_out(self.norm_out(patch_embed)))
+        # Inner transformer, projection and outer attention as timm; then the locality FFN in
+        # place of the outer MLP (drop-path on attention only, the class token bypasses it).
+        pixel_embed, patch_embed = compat.tnt_block_until_mlp(self, pixel_embed, patch_embed)
         return pixel_embed, self.ffn(patch_embed, self.grid, 1)
 
 
 class LocalTNT(TNT):
-    """timm's TNT with the blocks in `locality_at` (0-based) rebuilt as LocalityTNTBlocks."""
+    """timm's TNT with the blocks in `locality_at` (0-based) built as LocalityTNTBlocks."""
 
     def __init__(self, *, locality: LocalitySpec | None = None,
                  locality_at: frozenset[int] = frozenset(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        num_pixel = self.pixel_embed.new_patch_size[0] * self.pixel_embed.new_patch_size[1]
-        for i in sorted(locality_at):
-            old = self.blocks[i]
-            new = LocalityTNTBlock(
-                locality=locality,
-                dim=kwargs["inner_dim"],
-                dim_out=self.embed_dim,
-                num_pixel=num_pixel,
-                num_heads_in=old.attn_in.num_heads,
-                num_heads_out=old.attn_out.num_heads,
-                mlp_ratio=kwargs["mlp_ratio"],
-                qkv_bias=old.attn_in.qk.bias is not None,
-                drop_path=old.drop_path.drop_prob if isinstance(old.drop_path, DropPath) else 0.0,
-                legacy=old.legacy,
-            )
-            new.apply(self._init_weights)  # TNT's own init (Linear trunc-normal, LayerNorm 1/0)
-            new.grid = tuple(self.pixel_embed.grid_size)
-            self.blocks[i] = new
+        if not locality_at:
+            return
+        # The selected blocks are built from the model's own arguments, as timm derives them.
+        args = compat.tnt_block_args(**{k: kwargs[k] for k in (
+            "patch_size", "first_stride", "embed_dim", "inner_dim", "depth", "num_heads_inner",
+            "num_heads_outer", "mlp_ratio", "qkv_bias", "drop_path_rate", "legacy")})
+        height, width = kwargs["img_size"]
+        grid = (height // kwargs["patch_size"], width // kwargs["patch_size"])
+
+        def make(index: int, old: nn.Module) -> nn.Module | None:
+            if index not in locality_at:
+                return None
+            new = LocalityTNTBlock(locality=locality, grid=grid, **args[index])
+            new.apply(init_vit_weights)  # TNT's own init: Linear trunc-normal, LayerNorm 1/0
+            return new
+
+        compat.replace_blocks(self.blocks, make)
 
 
 def num_blocks(arch: TNTArch) -> int:
