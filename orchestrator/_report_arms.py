@@ -156,7 +156,12 @@ def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
         _compare(row, by_name.get(row["baseline"]) if row["baseline"] else None)
     tested = [r for r in rows
               if r["comparison"] is not None and r["comparison"].p_value is not None]
-    for row, p in zip(tested, stats.holm([r["comparison"].p_value for r in tested], alpha)):
+    # Arms stopped early were planned comparisons too, and early stopping chose the survivors
+    # on the same data: the correction counts them (as p = 1), so stopping arms never makes the
+    # survivors look more significant than the full study would.
+    stopped = sum(1 for r in rows if r["state"] == "stopped" and r["baseline"])
+    adjusted = stats.holm([r["comparison"].p_value for r in tested] + [1.0] * stopped, alpha)
+    for row, p in zip(tested, adjusted):
         row["p_holm"] = p
         row["verdict"] = stats.verdict(row["comparison"].diff_mean, p, inputs.mode, alpha)
     for row in rows:

@@ -69,14 +69,19 @@ def _counts(inputs: SweepInputs) -> str:
 
 def _intro(inputs: SweepInputs, df: pd.DataFrame) -> str:
     tested = int(df["p_value"].notna().sum())
+    stopped = int(((df["state"] == "stopped") & df["baseline"].notna()
+                   & (df["baseline"] != "")).sum())
     seeds = ", ".join(str(s) for s in inputs.seeds) or "?"
     better = "higher" if inputs.mode == "max" else "lower"
     return (f"Sweep {inputs.name}: {len(df)} arms, seeds {seeds}, {len(inputs.trials)} trials "
             f"({_counts(inputs)}). Metric: {inputs.metric}, final value (last epoch) of each "
             f"completed seed; {better} is better. Each arm is compared with its reference over "
             f"the seeds both completed (difference = arm − reference): two-sided paired t-test "
-            f"(scipy), Holm's correction over the {tested} comparison(s) with a p "
-            f"(statsmodels), verdict better/worse when the Holm p < {stats.ALPHA:g}, else n.s. "
+            f"(scipy), Holm's correction over the {tested} comparison(s) with a p"
+            + (f" and the {stopped} arm(s) stopped early (counted with p = 1: they were planned "
+               f"comparisons, and stopping chose the survivors on the same data)"
+               if stopped else "")
+            + f" (statsmodels), verdict better/worse when the Holm p < {stats.ALPHA:g}, else n.s. "
             f"d_z is Cohen's effect size of the paired differences (mean / SD).")
 
 
@@ -85,7 +90,8 @@ _CAVEATS = (
     "one-sided at 0.95) and assumes normal differences; n.s. is not evidence of no effect. "
     "Wilcoxon's smallest two-sided p with n pairs is 2/2^n (0.25 at 3 seeds), so it is reported "
     "only from 6 pairs on. An arm stopped early (at a rung) has no final estimate: it is shown "
-    "where it stopped, never averaged in with finished seeds, and is not part of the Holm family. "
+    "where it stopped, never averaged in with finished seeds, and counts in the Holm correction "
+    "with p = 1. "
     "Failed seeds are left out of the pairing and named in the notes.")
 
 
