@@ -1,4 +1,4 @@
-"""Live progress of a sweep on the terminal, and the summary printed when it ends.
+"""Live progress of a sweep on the terminal.
 
 On a terminal, `ProgressSink` keeps a rich Live panel up to date: trials by state (pending,
 running, completed, stopped, failed), the best value of the spec's metric so far and its trial,
@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,7 +26,7 @@ from rich.text import Text
 
 from orchestrator.events import TrialInfo, TrialOutcome
 
-__all__ = ["ProgressSink", "print_summary"]
+__all__ = ["ProgressSink"]
 
 _STATES = ("pending", "running", "completed", "stopped", "failed")
 _MAX_RUNNING_ROWS = 12
@@ -210,59 +210,3 @@ def _as_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def print_summary(console: Console, trials: Any, metric: str, mode: str,
-                  storage_dir: str, tracking_uri: str | None) -> None:
-    """Per arm: trials and their states, mean ± std of the final metric over the completed
-    trials (seeds), the best value of any trial; then where the results are and how to browse.
-
-    `trials` is `tables.read_trials(...)` (a DataFrame) or an iterable of row mappings with
-    `arm`, `status`, `metric_final`, `metric_best`.
-    """
-    from orchestrator.tracking import mlflow_ui_command
-
-    rows: Iterable[Mapping[str, Any]] = (
-        trials.to_dict("records") if hasattr(trials, "to_dict") else trials
-    )
-    arms: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        arms.setdefault(str(row["arm"]), []).append(row)
-
-    def finals(group: list[Mapping[str, Any]]) -> list[float]:
-        vals = [_as_float(r.get("metric_final")) for r in group if r.get("status") == "completed"]
-        return [v for v in vals if v is not None and not math.isnan(v)]
-
-    def order(arm: str) -> tuple:
-        vals = finals(arms[arm])
-        mean = statistics.fmean(vals) if vals else math.nan
-        key = -mean if mode == "max" else mean
-        return (arm != "baseline", math.isnan(key), 0.0 if math.isnan(key) else key, arm)
-
-    table = Table(title=f"{metric} ({mode}) by arm: final value over completed seeds",
-                  title_justify="left")
-    for col, just in (("arm", "left"), ("n", "right"), ("completed", "right"),
-                      ("stopped", "right"), ("failed", "right"), (f"{metric} mean ± std", "right"),
-                      ("best", "right")):
-        table.add_column(col, justify=just)
-    for arm in sorted(arms, key=order):
-        group = arms[arm]
-        vals = finals(group)
-        if not vals:
-            stat = "-"
-        elif len(vals) == 1:
-            stat = f"{vals[0]:.4f}"
-        else:
-            stat = f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f}"
-        bests = [v for v in (_as_float(r.get("metric_best")) for r in group)
-                 if v is not None and not math.isnan(v)]
-        best = (max(bests) if mode == "max" else min(bests)) if bests else None
-        counts = [sum(1 for r in group if r.get("status") == s) for s in _STATES[2:]]
-        table.add_row(arm, str(len(group)), *map(str, counts), stat, _fmt(best))
-    console.print(table)
-    console.print(f"Results:  {storage_dir} (trials.parquet, epochs.parquet, spec.yaml)",
-                  markup=False, highlight=False, soft_wrap=True)
-    if tracking_uri:
-        console.print(f"MLflow:   {tracking_uri}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"Browse:   {mlflow_ui_command(tracking_uri)}",
-                      markup=False, highlight=False, soft_wrap=True)

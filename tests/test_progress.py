@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from orchestrator.progress import ProgressSink, print_summary
+from orchestrator.progress import ProgressSink
 from orchestrator.tables import ParquetSink
 
 try:
@@ -67,33 +67,6 @@ def test_on_a_terminal_a_live_panel_shows_states_best_rung_and_eta(tmp_path):
     assert ANSI.search(out)
     assert "stopped after 1 epochs" in out  # finished trials are printed above the panel
 
-
-def test_summary_per_arm_with_mean_std_over_completed_seeds_and_the_mlflow_command():
-    rows = [
-        {"arm": "act=relu6", "seed": 0, "status": "completed", "metric_final": 0.90,
-         "metric_best": 0.91},
-        {"arm": "act=relu6", "seed": 1, "status": "completed", "metric_final": 0.94,
-         "metric_best": 0.95},
-        {"arm": "act=relu6", "seed": 2, "status": "stopped", "metric_final": 0.20,
-         "metric_best": 0.20},
-        {"arm": "baseline", "seed": 0, "status": "completed", "metric_final": 0.80,
-         "metric_best": 0.85},
-        {"arm": "act=hs", "seed": 0, "status": "failed", "metric_final": None,
-         "metric_best": None},
-    ]
-    console, buf = _console(terminal=False)
-    print_summary(console, rows, METRIC, "max", "/data/sweeps/unit",
-                  "sqlite:////data/sweeps/mlflow.db")
-    out = buf.getvalue()
-    arm_lines = [line for line in out.splitlines() if re.search(r"(baseline|act=)", line)]
-    assert [line.split()[1] for line in arm_lines] == ["baseline", "act=relu6", "act=hs"]
-    relu = arm_lines[1]
-    assert "0.9200 ± 0.0283" in relu  # the stopped seed is not averaged in
-    assert re.search(r"act=relu6\s+│\s+3\s+│\s+2\s+│\s+1\s+│\s+0", relu)
-    assert "0.95" in relu
-    assert "Results:  /data/sweeps/unit" in out
-    assert ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri "
-            "sqlite:////data/sweeps/mlflow.db --workers 1 --host 127.0.0.1 --port 5000") in out
 
 
 def test_after_resume_trials_finished_earlier_count_as_finished(tmp_path):

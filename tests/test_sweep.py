@@ -227,3 +227,19 @@ def test_cli_unwritable_storage_exits_2(tmp_path):
     assert proc.returncode == 2
     assert "run.storage: cannot write to" in proc.stderr, proc.stderr
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("stem", ["quickstart", "hpo"])
+def test_the_report_is_written_and_logged_to_the_mlflow_parent_run(smoke, stem):
+    storage, _ = smoke
+    report = storage / NAMES[stem] / "report"
+    assert (report / ("arms.csv" if stem == "quickstart" else "trials.csv")).is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(NAMES[stem])
+    parent = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("sweep_role") == "parent"]
+    assert len(parent) == 1
+    logged = {a.path for a in client.list_artifacts(parent[0].info.run_id, "report")}
+    assert {f"report/{p.name}" for p in report.iterdir()} == logged
