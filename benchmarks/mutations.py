@@ -180,6 +180,9 @@ MUTATIONS: list[Mutation] = [
 # The test files that run first for a break in a file (Mutation.first): the ones written to
 # catch it. The rest of the suite runs after them, so a survivor still faces every test.
 FIRST_FOR = {
+    "trainers/locality.py": ("tests/test_locality.py", "tests/test_locality_reference.py"),
+    "trainers/backbones/": ("tests/test_locality_reference.py", "tests/test_architecture.py"),
+    "trainers/registry.py": ("tests/test_architecture.py", "tests/test_registry.py"),
     "trainers/train.py": ("tests/test_train.py",),
     "trainers/_engine.py": ("tests/test_train.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
