@@ -1,7 +1,8 @@
-"""Where a result came from: library versions and the git commit of the working directory.
+"""Where a result came from: library versions and the git commit of the code that ran.
 
-Recorded beside every result (trials.parquet, the MLflow parent run, spec.yaml) so that a number
-can be traced back to the code that produced it. Versions come from package metadata, so asking
+Recorded beside every result (a training run's config.yaml; a sweep's trials.parquet, MLflow
+parent run and spec.yaml, through orchestrator._provenance) so that a number can be traced back
+to the code that produced it. Versions come from package metadata, so asking
 for them never imports torch or ray.
 """
 
