@@ -1,6 +1,6 @@
 """Trainer benchmark: the small LocalViT and its plain-ViT twin on digits, on this CPU.
 
-Trains each model with `configs/digits_cpu.yaml` (same seed, same recipe, same budget) through
+Trains each model with `configs/digits_cpu.yaml` (recipe digits_cpu; same seed and budget) through
 `trainers.train.train` and prints one Markdown row per model: validation top-1 at the end and at
 its best, the first epoch reaching the target, training seconds (sum of `epoch_time_s`, i.e.
 training plus per-epoch evaluation, without start-up) and the load average the run shared the
@@ -18,11 +18,10 @@ import platform
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainers._yaml import load_yaml  # noqa: E402
 from trainers.config import apply_overrides, parse_set_args, train_config_from_dict  # noqa: E402
 from trainers.train import train  # noqa: E402
 
@@ -44,7 +43,7 @@ def main() -> int:
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--set", dest="sets", action="append", default=[])
     args = p.parse_args()
-    base = yaml.safe_load(args.config.read_text())
+    base = load_yaml(args.config.read_text())
     print(f"| model | params | epochs | final val/top1 | best val/top1 | first epoch >= "
           f"{args.target} (s) | training s | load avg (1 min) before/after |")
     print("|---|---|---|---|---|---|---|---|")

@@ -13,8 +13,8 @@ from trainers.config import (
 )
 
 
-def test_defaults_are_the_deit_recipe():
-    cfg = TrainConfig()
+def test_the_deit_recipe_is_the_papers():
+    cfg = train_config_from_dict({"recipe": "deit"})
     assert cfg.train.epochs == 300 and cfg.train.batch_size == 1024
     assert cfg.effective_lr == pytest.approx(5e-4 * 1024 / 512)
     assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.aug.label_smoothing == 0.1

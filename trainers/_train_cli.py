@@ -1,18 +1,23 @@
 """`python -m trainers.train`: train one model from the command line, with a per-epoch table.
 
-    python -m trainers.train --config configs/digits_cpu.yaml --model localvit_micro --out runs/a
+    python -m trainers.train --model localvit_micro --data digits --out runs/a   # recipe digits_cpu
     python -m trainers.train --model vit_micro --data digits --epochs 20 --set train.lr=2e-3 --out runs/b
+    python -m trainers.train --config configs/digits_cpu.yaml --recipe deit --out runs/c
     python -m trainers.train --out runs/a --resume          # continue after a kill
 
-Everything is validated before `--out` is touched: bad input prints one message to stderr and
-exits 2 with `--out` not created (or, if it existed, left as it was). The resolved config is saved
-as `--out/config.yaml`; `--resume` reads it back, so the same command line is not needed twice.
+Without `--recipe` (or a `recipe:` in the config file) the recipe that fits `--data` is chosen
+and printed (trainers/recipes.py). Everything is validated before `--out` is touched: bad input
+prints one message to stderr and exits 2 with `--out` not created (or, if it existed, left as it
+was). The resolved config (recipe values included) is saved as `--out/config.yaml`, headed by the
+git commit and library versions that ran it; `--resume` reads it back, so the same command line
+is not needed twice. YAML is read strictly (duplicate keys are errors, `1e-3` is a float).
 Exit codes: 0 done, 1 the trial diverged, 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +26,10 @@ from typing import Any, Sequence
 import yaml
 
 from trainers._checkpoint import CHECKPOINT_NAME
+from trainers._provenance import provenance
+from trainers._yaml import load_yaml, yaml_error_where
 from trainers.config import ConfigError, apply_overrides, parse_set_args, train_config_from_dict
+from trainers.recipes import AUTO, RECIPES
 from trainers.train import TrainConfig, TrialDiverged, check_resume, train, validate_config
 
 CONFIG_FILE = "config.yaml"
@@ -71,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML TrainConfig to start from")
     p.add_argument("--model", help="model.backbone (e.g. localvit_micro, vit_micro)")
     p.add_argument("--data", help="data.name: digits, cifar10, cifar100, imagefolder, synthetic")
+    p.add_argument("--recipe", help="training preset under the explicit values: "
+                   + "; ".join(f"{r.name} ({r.summary})" for r in RECIPES.values())
+                   + "; default: the one that fits --data")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig key, e.g. --set train.lr=1e-3 (repeatable)")
@@ -85,9 +96,10 @@ def _load_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} {path}: no such file")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path}: not valid YAML ({exc})") from None
+        where, problem = yaml_error_where(exc, str(path))
+        raise ConfigError(f"{what} {where}: not valid YAML: {problem}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -115,10 +127,37 @@ def resolve_cli_config(args: argparse.Namespace) -> TrainConfig:
         overrides["model.backbone"] = args.model
     if args.data is not None:
         overrides["data.name"] = args.data
+    if args.recipe is not None:
+        overrides["recipe"] = args.recipe
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
     overrides.update(parse_set_args(args.sets))
     return train_config_from_dict(apply_overrides(base, overrides), source=source)
+
+
+def config_yaml_text(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
+    """The resolved config as YAML, headed by comment lines with the git commit and versions."""
+    prov = prov if prov is not None else provenance()
+    vers = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
+    header = (
+        "# Resolved TrainConfig of this run (python -m trainers.train), written at "
+        f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n"
+        f"# git commit: {prov.get('git_commit') or 'unknown (not a git checkout)'}\n"
+        f"# versions: {vers}\n"
+    )
+    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _recipe_line(args: argparse.Namespace, cfg: TrainConfig) -> str:
+    summary = RECIPES[cfg.recipe].summary
+    if args.recipe is None and not args.resume and _file_recipe(args) in (None, AUTO):
+        return (f"recipe {cfg.recipe} (fits data {cfg.data.name}; --recipe chooses another of "
+                f"{', '.join(RECIPES)}): {summary}")
+    return f"recipe {cfg.recipe}: {summary}"
+
+
+def _file_recipe(args: argparse.Namespace) -> Any:
+    return _load_yaml(args.config, "--config").get("recipe") if args.config else None
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -147,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        (args.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (args.out / CONFIG_FILE).write_text(config_yaml_text(cfg))
+    console.print(_recipe_line(args, cfg), highlight=False, soft_wrap=True)
     console.print(f"training {cfg.model.backbone} on {cfg.data.name} for {cfg.train.epochs} "
                   f"epochs (seed {cfg.seed}) -> {args.out}", highlight=False, soft_wrap=True)
     try:

@@ -3,8 +3,9 @@
 `TrainConfig` is the single schema shared by `python -m trainers.train`, the sweep spec's `base`
 section and every arm the sweep plans: YAML, `--set key=value` overrides and search-space samples
 all become a `TrainConfig` here, so an unknown key or a wrong type is caught once, at the edge,
-with its dotted key path. Defaults are the DeiT recipe that LocalViT trains with (REFERENCE.md
-section 6); small runs override them.
+with its dotted key path. `recipe` names a preset of training values (trainers/recipes.py: the
+paper's DeiT recipe, digits_cpu, cifar) that applies under the explicit values; by default the one
+that fits `data.name`. The field defaults are the DeiT recipe's (REFERENCE.md section 6).
 
 The models are frozen pydantic models: hashable, picklable, safe to ship to Ray workers.
 """
@@ -18,10 +19,20 @@ from dataclasses import fields
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union, get_type_hints
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from trainers.errors import ConfigError, ModelConfigError
 from trainers.locality import ACTIVATIONS, KNOB_CHECKS, LocalitySpec
+from trainers.recipes import AUTO, apply_recipe, check_recipe_name
 
 __all__ = [
     "ACTIVATIONS",
@@ -137,6 +148,10 @@ class AugConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
+    # A named preset (trainers/recipes.py) whose values apply under the explicit ones; "auto"
+    # takes the one that fits data.name. Validation resolves it: a TrainConfig holds the recipe's
+    # name and every concrete value it set.
+    recipe: str = AUTO
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
@@ -145,6 +160,17 @@ class TrainConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch intra-op threads; None leaves torch's default.
     threads: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_under_explicit_values(cls, data: Any) -> Any:
+        return apply_recipe(data) if isinstance(data, Mapping) else data
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str) -> str:
+        check_recipe_name(name)
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
