@@ -1,0 +1,55 @@
+"""The LocalViT sweep orchestrator: one YAML spec -> Ray Tune trials -> MLflow, Parquet, a report.
+
+The public API, imported on first use so that `import orchestrator` (and the sweep CLI's start)
+does not pay for Ray, MLflow or the plotting stack:
+
+    import orchestrator
+    spec = orchestrator.load_spec("search_spaces/quickstart.yaml", ["seeds=[0]"])
+    plan = orchestrator.build_plan(spec, source="quickstart.yaml")
+    result = orchestrator.run_sweep(plan)                  # Ray Tune, MLflow and Parquet sinks
+    orchestrator.write_report("sweeps/quickstart")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "SweepSpec": "orchestrator.spec",
+    "load_spec": "orchestrator.spec",
+    "spec_from_dict": "orchestrator.spec",
+    "Plan": "orchestrator.plan",
+    "PlannedTrial": "orchestrator.plan",
+    "build_plan": "orchestrator.plan",
+    "SweepResult": "orchestrator.runner",
+    "run_sweep": "orchestrator.runner",
+    "Report": "orchestrator.report",
+    "write_report": "orchestrator.report",
+    "PlanError": "orchestrator.errors",
+    "SpecError": "orchestrator.errors",
+    "SweepError": "orchestrator.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from orchestrator.errors import PlanError, SpecError, SweepError
+    from orchestrator.plan import Plan, PlannedTrial, build_plan
+    from orchestrator.report import Report, write_report
+    from orchestrator.runner import SweepResult, run_sweep
+    from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

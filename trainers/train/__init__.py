@@ -1,15 +1,18 @@
-"""Train one model with the paper's recipe: one sweep trial, runnable without Ray.
+"""Train one model: one sweep trial, runnable without Ray.
 
-`train(cfg, reporter)` builds the data, the model (through `trainers.registry`) and the DeiT
-recipe that LocalViT trains with (REFERENCE.md section 6: AdamW, cosine schedule with warm-up,
-Mixup/CutMix, label smoothing, RandAugment, random erasing, drop-path, EMA, mixed precision) from
-timm's factories, then runs epoch after epoch. After each epoch it evaluates, saves a full
-checkpoint atomically to `out_dir/checkpoint.pt`, appends the metrics to `out_dir/metrics.jsonl`,
-and hands them to the reporter. Same seed, same metrics (on CPU); resuming from the checkpoint of
-epoch k replays epochs k+1.. exactly as the uninterrupted run would have.
+`train(cfg, reporter)` builds the data, the model (through `trainers.registry`) and the training
+recipe the config resolved to (trainers/recipes.py; for ImageNet the DeiT recipe LocalViT trains
+with, REFERENCE.md section 6: AdamW, cosine schedule with warm-up, Mixup/CutMix, label smoothing,
+RandAugment, random erasing, drop-path, EMA, mixed precision) from timm's factories. It reads as
+restore / epoch / checkpoint: `_build` (and `_restore` when resuming), then per epoch `_epoch`
+(train, evaluate) and `_checkpoint` (the full state saved atomically to `out_dir/checkpoint.pt`,
+the metrics appended to `out_dir/metrics.jsonl`), and the reporter gets the metrics. Same seed,
+same metrics (on CPU); resuming from the checkpoint of epoch k replays epochs k+1.. exactly as the
+uninterrupted run would have.
 
 The trainer knows nothing of Ray or MLflow: a sweep passes a `Reporter`, a person runs
-`python -m trainers.train --model localvit_micro --data digits --epochs 20 --out runs/a`.
+`python -m trainers.train --model localvit_micro --data digits --out runs/a` (the CLI is
+trainers/_train_cli.py).
 """
 
 from __future__ import annotations
@@ -207,6 +210,106 @@ def _steps_per_epoch(cfg: TrainConfig, n_train: int) -> tuple[int, bool]:
 
 # ------------------------------------------------------------------------------------ the trial
 
+@dataclass
+class _Run:
+    """Everything one trial carries from epoch to epoch (built once, restored on resume)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    model: torch.nn.Module
+    ctx: StepContext
+    bundle: Any                     # data_lib.DataBundle: train / val datasets, classes
+    val_loader: Any
+    steps: int                      # optimizer steps per epoch
+    drop_last: bool
+    params: int
+    macs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 1
+    global_step: int = 0
+    prior_wall: float = 0.0         # wall time of the runs this one resumes
+
+
+def _build(cfg: TrainConfig) -> _Run:
+    """Data, model (seeded), optimizer, schedule, Mixup, EMA and scaler of a fresh trial."""
+    from trainers import profile, registry
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg)
+    img_size = resolve_img_size(cfg)
+    _seed_everything(cfg.seed)
+    bundle = data_lib.build_datasets(cfg.data, cfg.aug, img_size)
+    model = registry.build_from_config(cfg.model, num_classes=bundle.num_classes,
+                                       img_size=img_size)
+    # Profiling runs a forward pass; keep it from moving any RNG the training depends on.
+    with torch.random.fork_rng(devices=[]):
+        params = profile.count_params(model)
+        macs = profile.count_macs(model, img_size)
+    model.to(device)
+    steps, drop_last = _steps_per_epoch(cfg, len(bundle.train))
+    ctx = _build_step_context(cfg, model, device, bundle.num_classes, steps)
+    val_loader = data_lib.make_loader(bundle.val, batch_size=cfg.train.batch_size, train=False,
+                                      seed=cfg.seed, num_workers=cfg.data.num_workers,
+                                      pin_memory=device.type == "cuda")
+    return _Run(cfg, device, model, ctx, bundle, val_loader, steps, drop_last, params, macs)
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Put a checkpoint's training state back: the next epoch replays as if never stopped."""
+    ctx = run.ctx
+    run.model.load_state_dict(ckpt["model"])
+    ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    if ctx.scheduler is not None and ckpt["scheduler"] is not None:
+        ctx.scheduler.load_state_dict(ckpt["scheduler"])
+    if ctx.ema is not None:
+        ctx.ema.load_state_dict(ckpt["ema"])
+    if ctx.scaler is not None and ckpt["scaler"] is not None:
+        ctx.scaler.load_state_dict(ckpt["scaler"])
+    run.history = [dict(row) for row in ckpt["history"]]
+    run.start_epoch, run.global_step = ckpt["epoch"] + 1, ckpt["global_step"]
+    run.prior_wall = float(ckpt["wall_time_s"])
+    restore_rng(ckpt["rng"])
+
+
+def _epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """Train one epoch, evaluate the model (and its EMA), return the epoch's metrics."""
+    cfg, ctx = run.cfg, run.ctx
+    epoch_start = time.perf_counter()
+    loader = data_lib.make_loader(run.bundle.train, batch_size=cfg.train.batch_size, train=True,
+                                  seed=cfg.seed, epoch=epoch, num_workers=cfg.data.num_workers,
+                                  pin_memory=run.device.type == "cuda", drop_last=run.drop_last)
+    stats = train_one_epoch(run.model, loader, ctx, max_steps=run.steps,
+                            global_step=run.global_step, epoch=epoch)
+    run.global_step = stats.global_step
+    val = evaluate(run.model, run.val_loader, device=run.device, amp=ctx.amp)
+    ema_val = (evaluate(ctx.ema.module, run.val_loader, device=run.device, amp=ctx.amp)
+               if ctx.ema is not None else None)
+    metrics = _epoch_metrics(stats, val, ema_val, run.params, run.macs)
+    metrics["epoch_time_s"] = time.perf_counter() - epoch_start
+    return metrics
+
+
+def _checkpoint(run: _Run, epoch: int, out: Path, wall_time_s: float) -> None:
+    """Save the whole training state atomically, then append the epoch to metrics.jsonl."""
+    ctx = run.ctx
+    save_checkpoint({
+        "config": run.cfg.to_dict(),
+        "epoch": epoch,
+        "global_step": run.global_step,
+        "model": run.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict() if ctx.scheduler is not None else None,
+        "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+        "rng": capture_rng(),
+        "history": run.history,
+        "wall_time_s": wall_time_s,
+    }, out)
+    with open(out / METRICS_FILE, "a") as fh:
+        fh.write(json.dumps({"epoch": epoch, **run.history[-1]}) + "\n")
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
@@ -237,104 +340,37 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *,
           out_dir: str | Path | None = None, resume_from: str | Path | None = None
           ) -> TrialResult:
     """Run (or continue) one trial; see the module docstring. Raises ConfigError, TrialDiverged."""
-    from trainers import profile, registry
-
     started = time.perf_counter()
     validate_config(cfg)
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     if ckpt is not None:
         _check_resume_compatible(ckpt["config"], cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg)
-    img_size = resolve_img_size(cfg)
-    _seed_everything(cfg.seed)
-
-    bundle = data_lib.build_datasets(cfg.data, cfg.aug, img_size)
-    model = registry.build_from_config(cfg.model, num_classes=bundle.num_classes,
-                                       img_size=img_size)
-    # Profiling runs a forward pass; keep it from moving any RNG the training depends on.
-    with torch.random.fork_rng(devices=[]):
-        params = profile.count_params(model)
-        macs = profile.count_macs(model, img_size)
-    model.to(device)
-    steps, drop_last = _steps_per_epoch(cfg, len(bundle.train))
-    ctx = _build_step_context(cfg, model, device, bundle.num_classes, steps)
-
-    history: list[dict[str, float]] = []
-    start_epoch, global_step, prior_wall = 1, 0, 0.0
+    run = _build(cfg)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        ctx.optimizer.load_state_dict(ckpt["optimizer"])
-        if ctx.scheduler is not None and ckpt["scheduler"] is not None:
-            ctx.scheduler.load_state_dict(ckpt["scheduler"])
-        if ctx.ema is not None:
-            ctx.ema.load_state_dict(ckpt["ema"])
-        if ctx.scaler is not None and ckpt["scaler"] is not None:
-            ctx.scaler.load_state_dict(ckpt["scaler"])
-        history = [dict(row) for row in ckpt["history"]]
-        start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
-        prior_wall = float(ckpt["wall_time_s"])
-        restore_rng(ckpt["rng"])
+        _restore(run, ckpt)
         del ckpt
-
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         # A resumed run's file holds exactly the epochs of its checkpoint, never a killed tail.
-        _write_jsonl(out / METRICS_FILE, [{"epoch": i + 1, **m} for i, m in enumerate(history)])
+        _write_jsonl(out / METRICS_FILE,
+                     [{"epoch": i + 1, **m} for i, m in enumerate(run.history)])
 
-    pin = device.type == "cuda"
-    val_loader = data_lib.make_loader(bundle.val, batch_size=cfg.train.batch_size, train=False,
-                                      seed=cfg.seed, num_workers=cfg.data.num_workers,
-                                      pin_memory=pin)
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
-        epoch_start = time.perf_counter()
-        loader = data_lib.make_loader(bundle.train, batch_size=cfg.train.batch_size, train=True,
-                                      seed=cfg.seed, epoch=epoch,
-                                      num_workers=cfg.data.num_workers, pin_memory=pin,
-                                      drop_last=drop_last)
-        stats = train_one_epoch(model, loader, ctx, max_steps=steps, global_step=global_step,
-                                epoch=epoch)
-        global_step = stats.global_step
-        val = evaluate(model, val_loader, device=device, amp=ctx.amp)
-        ema_val = (evaluate(ctx.ema.module, val_loader, device=device, amp=ctx.amp)
-                   if ctx.ema is not None else None)
-        metrics = _epoch_metrics(stats, val, ema_val, params, macs)
-        metrics["epoch_time_s"] = time.perf_counter() - epoch_start
-        history.append(metrics)
+    for epoch in range(run.start_epoch, cfg.train.epochs + 1):
+        metrics = _epoch(run, epoch)
+        run.history.append(metrics)
         if out is not None:
-            save_checkpoint({
-                "config": cfg.to_dict(),
-                "epoch": epoch,
-                "global_step": global_step,
-                "model": model.state_dict(),
-                "optimizer": ctx.optimizer.state_dict(),
-                "scheduler": ctx.scheduler.state_dict() if ctx.scheduler is not None else None,
-                "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
-                "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
-                "rng": capture_rng(),
-                "history": history,
-                "wall_time_s": prior_wall + time.perf_counter() - started,
-            }, out)
-            with open(out / METRICS_FILE, "a") as fh:
-                fh.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+            _checkpoint(run, epoch, out, run.prior_wall + time.perf_counter() - started)
         if reporter is not None:
             reporter.report(dict(metrics), epoch=epoch,
                             checkpoint_dir=str(out) if out is not None else None)
 
     return TrialResult(
-        epochs_run=len(history),
-        final=dict(history[-1]),
-        best_top1=max(m["val/top1"] for m in history),
-        params=params,
-        macs=macs,
-        wall_time_s=prior_wall + time.perf_counter() - started,
-        history=history,
+        epochs_run=len(run.history),
+        final=dict(run.history[-1]),
+        best_top1=max(m["val/top1"] for m in run.history),
+        params=run.params,
+        macs=run.macs,
+        wall_time_s=run.prior_wall + time.perf_counter() - started,
+        history=run.history,
     )
-
-
-if __name__ == "__main__":
-    from trainers._train_cli import main
-
-    raise SystemExit(main())
