@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import build_plan, resolve_sample, trial_key
-from orchestrator.smoke import shrink_config, shrink_spec
+from orchestrator.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from orchestrator.spec import load_spec, spec_from_dict
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -125,7 +125,11 @@ def test_smoke_keeps_the_design_at_cpu_scale():
     assert by_arm["layers=1-4"]["model"]["locality"]["layers"] == "1-2"
     for cfg in by_arm.values():
         assert cfg["data"]["name"] == "digits" and cfg["device"] == "cpu"
-        assert cfg["train"]["epochs"] == 3 and cfg["train"]["steps_per_epoch"] <= 4
+        assert cfg["train"]["epochs"] == SMOKE_EPOCHS
+        assert cfg["train"]["steps_per_epoch"] <= SMOKE_STEPS_PER_EPOCH
+        # The digits recipe, not the ImageNet one the study's base resolved to.
+        assert cfg["recipe"] == "digits_cpu" and cfg["train"]["batch_size"] <= 32
+        assert cfg["aug"]["mixup"] == 0.0 and cfg["train"]["lr"] == 2e-3
     # the five placement arms stay five distinct trials
     layer_arms = [a for a in by_arm if a.startswith("layers=")]
     assert len({trial_key(by_arm[a]) for a in layer_arms}) == len(layer_arms) == 4
