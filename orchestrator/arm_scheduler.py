@@ -111,7 +111,10 @@ class ArmScheduler(TrialScheduler):
         self._ended.pop(member, None)
         if trial.status == Trial.PENDING:
             # Tune files a trial by its status right after this call: parked (PAUSED) trials
-            # start only when choose_trial_to_run releases them.
+            # start only when choose_trial_to_run releases them. Tune names a trial's folder
+            # when it stages it; a parked trial gets it now (an interrupted sweep's result grid
+            # reads every trial's folder).
+            trial.init_local_path()
             trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -67,17 +68,22 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
         raise StorageError(f"{where}: cannot write to {root} ({probe} is not writable); choose "
                            f"a folder you can write, e.g. --set run.storage=./sweeps")
     target = sweep_dir(plan)
-    state = _tune_experiment_dir(plan) / "tuner.pkl"
     if resume:
-        if not state.is_file():
-            raise ResumeError(f"{plan.source}: --resume: no saved sweep '{plan.spec.name}' in "
-                              f"{root} (expected {state}); run without --resume to start it")
+        # Killed before Tune saved anything, a resumed sweep simply starts (a restart script
+        # can always say --resume); it must still be the same sweep.
         _check_same_sweep(plan, target / "spec.yaml")
     elif target.exists() and any(target.iterdir()):
         raise StorageError(f"{where}: a sweep named '{plan.spec.name}' already exists in "
                            f"{target}; pass --resume to continue it, or start a new one with "
                            f"--set name=<new name> (or remove that folder)")
     return target
+
+
+def _saved_state(plan: Plan) -> bool:
+    """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
+    experiment = _tune_experiment_dir(plan)
+    return (experiment / "tuner.pkl").is_file() and \
+        any(experiment.glob("experiment_state-*.json"))
 
 
 def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
@@ -117,8 +123,12 @@ def _quiet_ray() -> None:
     # A failed trial is reported by the sinks (status, stop reason, the error's last line) and
     # its traceback kept in Tune's error.txt: no stack dump on the console.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # The same traceback again when the failed trial's result is dropped at the end.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # "Trials did not complete: [...]": the summary names the failed and interrupted trials.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
 
 
 def _init_ray(address: str | None) -> None:
@@ -212,19 +222,32 @@ def run_sweep(
     sink_factory: Callable[..., Sequence[Sink]] = default_sinks,
     tracking_uri: str | None = None,
 ) -> SweepResult:
-    """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C."""
+    """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C.
+
+    One driver per sweep (`_lock.DriverLock`): a second one gets a StorageError naming the first.
+    """
+    from orchestrator._lock import DriverLock
+
+    target = check_storage(plan, resume=resume)
+    target.mkdir(parents=True, exist_ok=True)
+    with DriverLock(target, f"{plan.source}: run.storage"):
+        return _run_locked(plan, target, resume=resume and _saved_state(plan), address=address,
+                           sink_factory=sink_factory, tracking_uri=tracking_uri)
+
+
+def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
+                sink_factory: Callable[..., Sequence[Sink]], tracking_uri: str | None
+                ) -> SweepResult:
     from ray import tune
 
     from orchestrator._callback import SinkCallback
     from orchestrator.trainable import run_trial
     from orchestrator.tracking import default_tracking_uri
 
-    target = check_storage(plan, resume=resume)
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
     uri = tracking_uri or default_tracking_uri(storage_root)
     _quiet_ray()
-    target.mkdir(parents=True, exist_ok=True)
     _init_ray(address)
 
     res = spec.run.resources_per_trial
@@ -274,17 +297,25 @@ def run_sweep(
                     if isinstance(cb, SinkCallback))
     callback.attach_scheduler(tuner._local_tuner._tune_config.scheduler)
     interrupted = False
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
         grid = tuner.fit()
         num_errors = grid.num_errors
     except KeyboardInterrupt:
         interrupted, num_errors = True, 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         callback.finish(interrupted=interrupted)
     interrupted = interrupted or callback.interrupted
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
                        interrupted=interrupted, sink_errors=list(callback.sink_errors))
+
+
+def _sigterm_as_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM (what `timeout`, batch schedulers and `ray stop` send) stops the sweep the way
+    Ctrl-C does: Tune saves its state and stops the trials (a second signal stops at once)."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def _resolved_spec(plan: Plan) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def smoke(ray_session, tmp_path_factory):
     """Every shipped YAML with --smoke into one storage root (one shared mlflow.db)."""
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     storage = tmp_path_factory.mktemp("sweeps")
-    codes = {p.stem: main([str(p), "--smoke", "--set", f"run.storage={storage}"])
+    # A restart script can always say --resume: with nothing saved yet, the sweep just starts.
+    codes = {p.stem: main([str(p), "--smoke", "--set", f"run.storage={storage}",
+                           *(["--resume"] if p.stem == "quickstart" else [])])
              for p in SHIPPED}
     yield storage, codes
     if saved is not None:
