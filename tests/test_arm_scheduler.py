@@ -1,9 +1,11 @@
 """Arm-level early stopping on a real Ray Tune: whole arms stop together at a rung, reference arms
 never stop, fewer slots than trials do not deadlock, a paused seed resumes from its checkpoint, a
-seed that fails for good does not block the decision, the answer does not depend on concurrency,
-and a driver killed mid-sweep resumes to the same answer (the scheduler rebuilt from its log).
+seed that fails for good does not block the decision, and a driver killed midway through a
+one-slot run of the study resumes to the two-slot run's answer (the scheduler rebuilt from its
+log; the answer depends neither on concurrency nor on the restart).
 
-The study, 2 seeds, minimising val/loss, one rung at epoch 1 keeping the best half of the arms:
+The study, 2 seeds, 3 epochs, minimising val/loss, one rung at epoch 2 keeping the best half of
+the arms:
 ViT-micro (baseline), LocalViT-micro (base arm), its ReLU6 variant (goes on: the lowest loss at
 the rung), a control that cannot learn (lr 1e-9: stopped) and one that diverges (lr 1e6: its
 trials raise at their second step and fail; the sweep exits 1).
@@ -30,7 +32,7 @@ name: arms
 base:
   model: {backbone: localvit_micro}
   data: {name: digits}
-  train: {epochs: 2, batch_size: 32, steps_per_epoch: 6, lr: 2.0e-3, warmup_epochs: 0,
+  train: {epochs: 3, batch_size: 32, steps_per_epoch: 6, lr: 2.0e-3, warmup_epochs: 0,
           ema: false, amp: false}
   aug: {auto_augment: null, color_jitter: 0.0, reprob: 0.0, mixup: 0.0, cutmix: 0.0,
         hflip: 0.0, scale: [0.5, 1.0]}
@@ -46,7 +48,7 @@ seeds: [0, 1]
 search:
   metric: val/loss
   mode: min
-  scheduler: {asha: {grace_period: 1, reduction_factor: 2}}
+  scheduler: {asha: {grace_period: 2, reduction_factor: 2}}
 run: {resources_per_trial: {cpu: 1}, max_concurrent: 2}
 """
 COLUMNS = ["arm", "seed", "status", "epochs_run", "metric_final", "stop_reason"]
@@ -60,15 +62,6 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
-
-
-def run(tmp: Path, capsys, *sets: str) -> tuple[Path, str]:
-    """The sweep's folder and its progress lines (stderr)."""
-    spec = tmp / "arms.yaml"
-    spec.write_text(SPEC)
-    capsys.readouterr()
-    assert main([str(spec), "--set", f"run.storage={tmp / 'sweeps'}", *sets]) == 1
-    return tmp / "sweeps" / "arms", capsys.readouterr().err
 
 
 def reported_epochs(log: str) -> dict[str, list[int]]:
@@ -114,12 +107,12 @@ def test_the_control_arm_stops_with_all_its_seeds_and_says_why(reference):
                       "act=relu6": {"completed"}, "frozen": {"stopped"},
                       "diverges": {"failed"}}
     frozen = trials[trials["arm"] == "frozen"]
-    assert (frozen["epochs_run"] == 1).all()
+    assert (frozen["epochs_run"] == 2).all()
     reason = frozen["stop_reason"].iloc[0]
     assert (frozen["stop_reason"] == reason).all()
-    # Minimising a loss: the arm's mean is *above* the cutoff, at rung 1 = epoch 1.
+    # Minimising a loss: the arm's mean is *above* the cutoff, at rung 1 = epoch 2.
     assert re.fullmatch(r"arm: frozen mean val/loss=[\d.]+ over 2 seeds above rung-1 cutoff "
-                        r"[\d.]+ at epoch 1 \(rank [34] of 4; the best 2 go on\)", reason), reason
+                        r"[\d.]+ at epoch 2 \(rank [34] of 4; the best 2 go on\)", reason), reason
     # The diverged arm's seeds failed before the rung: it is not judged and blocks nothing.
     decisions = table(reference, "decisions.parquet")
     assert decisions.set_index("arm")["action"].to_dict() == {
@@ -128,7 +121,7 @@ def test_the_control_arm_stops_with_all_its_seeds_and_says_why(reference):
     frozen_mean = decisions.set_index("arm").loc["frozen", "arm_mean"]
     rungs = table(reference, "rungs.parquet")
     assert rungs[rungs["arm"] == "frozen"]["value"].mean() == pytest.approx(frozen_mean)
-    assert len(rungs) == 8 and (rungs["epoch"] == 1).all()
+    assert len(rungs) == 8 and (rungs["epoch"] == 2).all()
     failed = trials[trials["arm"] == "diverges"]
     assert failed["stop_reason"].str.contains("TrialDiverged: training loss is nan").all()
 
@@ -138,25 +131,21 @@ def test_paused_seeds_resume_from_their_checkpoint(reference_run):
     epochs = reported_epochs(log)
     # The ReLU6 seeds waited at the rung (paused, with their checkpoint) and went on from it:
     # no trial reports an epoch twice.
-    assert epochs["act=relu6/seed0"] == epochs["act=relu6/seed1"] == [1, 2]
+    assert epochs["act=relu6/seed0"] == epochs["act=relu6/seed1"] == [1, 2, 3]
     assert all(seq == sorted(set(seq)) for seq in epochs.values()), epochs
     assert re.search(r"trial \w+ act=relu6/seed0 started.*trial \w+ act=relu6/seed0 started",
                      log, re.S), "the ReLU6 seeds never paused: the test proves nothing"
 
 
-def test_the_same_answer_with_one_slot_instead_of_two(reference, tmp_path, capsys):
-    # One trial at a time reaches the rung in a different order: decisions depend on values only.
-    serial, _ = run(tmp_path, capsys, "--set", "run.max_concurrent=1")
-    pd.testing.assert_frame_equal(table(serial), table(reference))
-    pd.testing.assert_frame_equal(table(serial, "decisions.parquet"),
-                                  table(reference, "decisions.parquet"))
-
-
-def test_a_driver_killed_mid_sweep_resumes_to_the_same_answer(reference, tmp_path):
+def test_a_driver_killed_mid_sweep_with_one_slot_resumes_to_the_two_slot_answer(
+        reference, ray_session, tmp_path):
+    # One trial at a time reaches the rung in another order than with two slots, and the driver
+    # dies midway: decisions depend on reported values only, so the answer is the same.
     spec = tmp_path / "arms.yaml"
     spec.write_text(SPEC)
     storage = tmp_path / "sweeps"
-    cmd = [sys.executable, "-m", "orchestrator.sweep", str(spec), "--set", f"run.storage={storage}"]
+    args = [str(spec), "--set", f"run.storage={storage}", "--set", "run.max_concurrent=1"]
+    cmd = [sys.executable, "-m", "orchestrator.sweep", *args]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = storage.parent / "driver.log"
     with open(log, "w") as out:
@@ -165,7 +154,7 @@ def test_a_driver_killed_mid_sweep_resumes_to_the_same_answer(reference, tmp_pat
     sweep = storage / "arms"
     try:
         # Kill once the rung has been decided and Tune's saved state has a trial midway (past
-        # epoch 1 of 2 with its checkpoint) that is to go on.
+        # epoch 1 or 2 of 3, with its checkpoint) that is to go on.
         deadline = time.monotonic() + 300
         while not ((sweep / "decisions.parquet").exists() and (midway := _midway(sweep))):
             assert proc.poll() is None, log.read_text()[-3000:]
@@ -176,14 +165,23 @@ def test_a_driver_killed_mid_sweep_resumes_to_the_same_answer(reference, tmp_pat
         proc.wait()
     before = {name: pd.read_parquet(sweep / name) for name in ("trials.parquet", "epochs.parquet")
               if (sweep / name).is_file()}
-    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 1, resumed.stderr[-3000:]
+    # The restart runs in this process (the module's Ray session): the same code path as
+    # `python -m orchestrator.sweep ... --resume`, whose exit codes test_sweep.py checks.
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([*args, "--resume"])
+    resumed_log = err.getvalue()
+    assert code == 1, resumed_log[-3000:]
     pd.testing.assert_frame_equal(table(sweep), table(reference))
     pd.testing.assert_frame_equal(table(sweep, "decisions.parquet"),
                                   table(reference, "decisions.parquet"))
-    # The midway trial went on from its checkpoint (epoch 2), not from epoch 1.
-    assert reported_epochs(resumed.stderr)[midway] == [2], (midway, resumed.stderr[-3000:])
+    # The midway trial went on from its checkpoint, not from epoch 1.
+    label, saved = midway
+    assert reported_epochs(resumed_log)[label] == list(range(saved + 1, 4)), \
+        (midway, resumed_log[-3000:])
     # Rows the killed driver wrote survive unchanged; no trial's epoch count went backwards.
     after = {name: pd.read_parquet(sweep / name) for name in before}
     if "epochs.parquet" in before:
@@ -201,9 +199,9 @@ def test_a_driver_killed_mid_sweep_resumes_to_the_same_answer(reference, tmp_pat
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
 
 
-def _midway(sweep: Path) -> str | None:
-    """`arm/seedN` of a trial that Tune's saved state has unfinished after epoch 1 (of 2), in an
-    arm that goes on, else None."""
+def _midway(sweep: Path) -> tuple[str, int] | None:
+    """(`arm/seedN`, epoch) of a trial that Tune's saved state has unfinished after epoch 1 or 2
+    (of 3), in an arm that goes on, else None."""
     import json
 
     states = sorted((sweep / "tune" / "arms").glob("experiment_state-*.json"))
@@ -215,7 +213,8 @@ def _midway(sweep: Path) -> str | None:
         trial, meta = json.loads(trial_json), json.loads(meta_json)
         last = meta.get("last_result") or {}
         config = last.get("config", {}).get("trial", {})
-        if trial.get("status") in ("RUNNING", "PAUSED", "PENDING") and last.get("epoch") == 1 \
+        if trial.get("status") in ("RUNNING", "PAUSED", "PENDING") \
+                and last.get("epoch") in (1, 2) \
                 and config.get("arm") in ("baseline", "localvit", "act=relu6"):
-            return f"{config['arm']}/seed{config['seed']}"
+            return f"{config['arm']}/seed{config['seed']}", int(last["epoch"])
     return None
