@@ -54,16 +54,6 @@ run: {resources_per_trial: {cpu: 1}, max_concurrent: 2}
 COLUMNS = ["arm", "seed", "status", "epochs_run", "metric_final", "stop_reason"]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def reported_epochs(log: str) -> dict[str, list[int]]:
     """Trial label -> the epochs it reported, in order, from the progress lines."""
     out: dict[str, list[int]] = {}

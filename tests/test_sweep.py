@@ -3,7 +3,7 @@
 ASHA really stops trials (and says so); Optuna really proposes; --resume adds nothing; bad input
 exits 2 with nothing created; --dry-run starts nothing.
 
-One Ray session is shared by the module (ray.init costs seconds); the sweeps run in-process
+One Ray session is shared by the run (conftest.py); the sweeps run in-process
 through `orchestrator.sweep.main`, the same code path as `python -m orchestrator.sweep`, and two
 cases go through a real subprocess to prove the module entry point and its exit codes.
 """
@@ -25,16 +25,9 @@ NAMES = {"ablation": "localvit-ablation", "backbones": "localvit-backbones",
          "backbones_cpu": "backbones-cpu", "hpo": "localvit-hpo", "quickstart": "quickstart"}
 
 pytestmark = pytest.mark.timeout(1200)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+# 4 steps per epoch instead of --smoke's 40: the same code paths (plan, Tune, early stopping,
+# MLflow, Parquet, report) at a third of the time; whether the arms learn is not tested here.
+FAST = ("--set", "base.train.steps_per_epoch=4")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +37,7 @@ def smoke(ray_session, tmp_path_factory):
     storage = tmp_path_factory.mktemp("sweeps")
     # A restart script can always say --resume: with nothing saved yet, the sweep just starts.
     codes = {p.stem: main([str(p), "--smoke", "--set", f"run.storage={storage}",
+                           *FAST,
                            *(["--resume"] if p.stem == "quickstart" else [])])
              for p in SHIPPED}
     yield storage, codes
@@ -148,7 +142,7 @@ def test_resume_adds_no_runs_and_no_rows(smoke):
     storage, _ = smoke
     before = len(trials_of(storage, "quickstart"))
     code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--resume",
-                 "--set", f"run.storage={storage}"])
+                 "--set", f"run.storage={storage}", *FAST])
     assert code == 0
     assert len(trials_of(storage, "quickstart")) == before == len(mlflow_runs(storage, "quickstart"))
 
@@ -156,7 +150,7 @@ def test_resume_adds_no_runs_and_no_rows(smoke):
 def test_resume_of_a_different_sweep_is_refused(smoke, capsys):
     storage, _ = smoke
     code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--resume",
-                 "--set", f"run.storage={storage}", "--set", "seeds=[7]"])
+                 "--set", f"run.storage={storage}", *FAST, "--set", "seeds=[7]"])
     assert code == 2
     err = capsys.readouterr().err
     assert "--resume: this is not the sweep saved" in err and "seeds" in err
@@ -164,7 +158,8 @@ def test_resume_of_a_different_sweep_is_refused(smoke, capsys):
 
 def test_rerun_without_resume_is_refused(smoke, capsys):
     storage, _ = smoke
-    code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--set", f"run.storage={storage}"])
+    code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--set", f"run.storage={storage}",
+                 *FAST])
     assert code == 2
     assert "already exists" in capsys.readouterr().err
 
