@@ -46,8 +46,7 @@ from _mutants import (
 )
 
 TRAIN = "trainers/train/__init__.py"
-_ORCH_PENDING = ("the orchestrator tests of issue 13 (interrupted sweep + --resume, failing "
-                 "trial, min-mode ASHA) come with the orchestrator rewrite")
+
 
 MUTATIONS: list[Mutation] = [
     # ---- the locality FFN (trainers/locality.py; REFERENCE.md section 2) ----
@@ -142,17 +141,14 @@ MUTATIONS: list[Mutation] = [
     Mutation("parquet-forgets-trials-on-start", "orchestrator/tables.py",
              'self._trials = {r["trial_key"]: r for r in _read_rows(self._dir / TRIALS_FILE)}',
              "self._trials = {}",
-             "a resumed driver's Parquet sink drops the trial rows written before",
-             pending=_ORCH_PENDING),
+             "a resumed driver's Parquet sink drops the trial rows written before"),
     Mutation("parquet-forgets-epochs-on-start", "orchestrator/tables.py",
              '(r["trial_key"], int(r["epoch"])): r for r in _read_rows(self._dir / EPOCHS_FILE)',
              '(r["trial_key"], int(r["epoch"])): r for r in []',
-             "a resumed driver's Parquet sink drops the epoch rows written before",
-             pending=_ORCH_PENDING),
+             "a resumed driver's Parquet sink drops the epoch rows written before"),
     Mutation("trial-ignores-tune-checkpoint", "orchestrator/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
-             "a restored trial retrains from scratch instead of its Tune checkpoint",
-             pending=_ORCH_PENDING),
+             "a restored trial retrains from scratch instead of its Tune checkpoint"),
     Mutation("trial-crashes-in-worker", "orchestrator/trainable.py",
              "    trial = identify(config, search_base=search_base, smoke=smoke)\n    cpus",
              "    raise RuntimeError('mutant')\n    cpus",
@@ -160,22 +156,36 @@ MUTATIONS: list[Mutation] = [
     Mutation("failed-trial-exit-0", "orchestrator/runner.py",
              "return 1 if failed or self.num_errors or self.sink_errors or self.interrupted else 0",
              "return 1 if self.sink_errors or self.interrupted else 0",
-             "a sweep whose trial failed exits 0", pending=_ORCH_PENDING),
+             "a sweep whose trial failed exits 0"),
     Mutation("early-end-labelled-completed", "orchestrator/_callback.py",
              "elif epochs >= planned_epochs:", "elif epochs >= 0:",
-             "a trial that ends before its last epoch without a stop decision is 'completed'",
-             pending=_ORCH_PENDING),
+             "a trial that ends before its last epoch without a stop decision is 'completed'"),
     Mutation("asha-stop-labelled-completed", "orchestrator/_callback.py",
              "if trial.trial_id in stops:", "if False:",
              "an ASHA-stopped trial is labelled completed"),
     Mutation("asha-reason-wrong-rung", "orchestrator/_asha.py",
              "return ascending.index(milestone) + 1,", "return ascending.index(milestone),",
-             "the ASHA stop reason names the rung before the one that stopped the trial",
-             pending=_ORCH_PENDING),
+             "the ASHA stop reason names the rung before the one that stopped the trial"),
     Mutation("asha-below-in-min-mode", "orchestrator/_asha.py",
              'relation = "below" if self._mode == "max" else "above"', 'relation = "below"',
-             "the ASHA stop reason says 'below' the cutoff in min mode",
-             pending=_ORCH_PENDING),
+             "the ASHA stop reason says 'below' the cutoff in min mode"),
+    # ---- arm-level early stopping (orchestrator/racing.py, arm_scheduler.py; issue 8) ----
+    Mutation("halving-ranks-by-best-seed", "orchestrator/racing.py",
+             "means = {a: _mean(list(v.values())) for a, v in values.items()}",
+             "means = {a: (max if mode == 'max' else min)(v.values()) for a, v in values.items()}",
+             "arms are ranked by their best seed instead of their mean over seeds"),
+    Mutation("halving-keeps-too-few", "orchestrator/racing.py",
+             "keep = max(1, math.ceil(len(ranked) / reduction_factor - 1e-9))",
+             "keep = max(1, len(ranked) // int(reduction_factor) - 1)",
+             "a rung keeps fewer arms than the top 1/eta"),
+    Mutation("halving-stops-reference-arms", "orchestrator/racing.py",
+             "        if arm in protected:\n            action, why = \"protected\", f\"reference arm",
+             "        if False:\n            action, why = \"protected\", f\"reference arm",
+             "the baseline and the base arm can be stopped like any other arm"),
+    Mutation("arm-decides-on-arrived-seeds", "orchestrator/arm_scheduler.py",
+             "            if member in self._ended:\n                continue\n            return False",
+             "            if member in self._ended:\n                continue\n            continue",
+             "a rung is decided on the seeds that have arrived, not the whole seed groups"),
 ]
 
 # The test files that run first for a break in a file (Mutation.first): the ones written to
@@ -186,6 +196,8 @@ FIRST_FOR = {
     "trainers/registry.py": ("tests/test_architecture.py", "tests/test_registry.py"),
     TRAIN: ("tests/test_train.py",),
     "trainers/_engine.py": ("tests/test_train.py",),
+    "orchestrator/racing.py": ("tests/test_racing.py",),
+    "orchestrator/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }
