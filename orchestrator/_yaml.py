@@ -20,11 +20,25 @@ __all__ = ["read_yaml"]
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a spec file; SpecError naming the file (and line:column) otherwise."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a folder, not a spec file; give the path to a sweep YAML "
+                        f"(for example search_spaces/quickstart.yaml)")
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file; give the path to a sweep YAML "
                         f"(for example search_spaces/quickstart.yaml)")
     try:
-        data = load_yaml(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a sweep spec "
+                        f"is a YAML text file such as search_spaces/quickstart.yaml") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file ({exc.strerror}); check the path "
+                        f"and its permissions") from None
+    if "\x00" in text:
+        raise SpecError(f"{path}: not a text file (it holds NUL bytes); a sweep spec is a YAML "
+                        f"text file such as search_spaces/quickstart.yaml")
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         where, problem = yaml_error_where(exc, path.name)
         raise SpecError(f"{where}: YAML syntax error: {problem}; fix the YAML there "

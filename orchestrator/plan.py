@@ -171,7 +171,7 @@ def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) 
     return cfg.to_dict()
 
 
-def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+def _design_points(spec: SweepSpec, source: str) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
     """(arm name, overrides, spec key path for error messages, axis factors) in naming-priority
     order."""
     points = [("baseline", dict(spec.baseline), "baseline", {})]
@@ -192,7 +192,8 @@ def _design_points(spec: SweepSpec) -> list[tuple[str, dict[str, Any], str, dict
     auto = {name for name, _, _, _ in points}
     for name, overrides in spec.arms.items():
         if name in auto:
-            raise PlanError(f"arms.{name}: this name is already an arm of the design; rename it")
+            raise PlanError(f"{source}: arms.{name}: this name is already an arm of the design; "
+                            f"rename it")
         points.append((name, dict(overrides), f"arms.{name}", {}))
     return points
 
@@ -273,7 +274,7 @@ def build_plan(
     arms: list[Arm] = []
     arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
     by_key: dict[str, int] = {}
-    for name, overrides, where, factors in _design_points(spec):
+    for name, overrides, where, factors in _design_points(spec, source):
         cfg = resolve_checked(overrides, where)
         key = trial_key(cfg)
         if key in by_key:

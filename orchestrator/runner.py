@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from orchestrator.errors import ResumeError, StorageError
+from orchestrator.errors import ResumeError, SpecError, StorageError
 from orchestrator.events import Sink, TrialOutcome
 from orchestrator.plan import Plan
 
@@ -143,6 +143,26 @@ def _init_ray(address: str | None) -> None:
                  logging_level=logging.ERROR)
 
 
+def _check_resources(plan: Plan) -> None:
+    """A trial that fits on no node of the local Ray would wait forever: refuse it up front.
+
+    Only for the local Ray this driver starts; a cluster (--address) may add nodes on demand.
+    """
+    import ray
+
+    res = plan.spec.run.resources_per_trial
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= res.cpu and n.get("GPU", 0) >= res.gpu for n in nodes):
+        return
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    raise SpecError(
+        f"{plan.source}: run.resources_per_trial: a trial asks for {res.cpu:g} CPU and "
+        f"{res.gpu:g} GPU but this machine's Ray has {cpus:g} CPU and {gpus:g} GPU; lower "
+        f"run.resources_per_trial (for example --set run.resources_per_trial.cpu=1 "
+        f"--set run.resources_per_trial.gpu=0) or run on a cluster with --address")
+
+
 def _domain(dom: Any) -> Any:
     from ray import tune
 
@@ -229,6 +249,10 @@ def run_sweep(
     from orchestrator._lock import DriverLock
 
     target = check_storage(plan, resume=resume)
+    _quiet_ray()
+    _init_ray(address)
+    if not address:
+        _check_resources(plan)
     target.mkdir(parents=True, exist_ok=True)
     with DriverLock(target, f"{plan.source}: run.storage"):
         return _run_locked(plan, target, resume=resume and _saved_state(plan), address=address,

@@ -49,7 +49,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class AshaSpec(_Strict):
@@ -66,7 +66,7 @@ class AshaSpec(_Strict):
     than its reference by more than `margin` (metric units) at `confidence`.
     """
 
-    grace_period: int = Field(default=1, gt=0)
+    grace_period: int = Field(default=1, gt=0, le=100_000)
     reduction_factor: float = Field(default=3, gt=1)
     unit: Literal["auto", "arm", "trial"] = "auto"
     rule: Literal["halving", "paired-test"] = "halving"
@@ -132,7 +132,7 @@ class SearchSpec(_Strict):
     space: dict[str, DomainSpec] = Field(default_factory=dict)
     algorithm: Union[Literal["none"], None, AlgorithmSpec] = None
     # Samples drawn from `space` (each grid point counts once per sample without an algorithm).
-    num_samples: int = Field(default=1, gt=0)
+    num_samples: int = Field(default=1, gt=0, le=100_000)
 
     @property
     def asha(self) -> AshaSpec | None:
@@ -155,7 +155,7 @@ class RunSpec(_Strict):
     max_concurrent: int | None = Field(default=None, gt=0)
     storage: str = "./sweeps"
     # Times a failed trial is retried from its last checkpoint before it counts as failed.
-    max_failures: int = Field(default=0, ge=0)
+    max_failures: int = Field(default=0, ge=0, le=1000)
     checkpoints_to_keep: int = Field(default=1, gt=0)
 
 
@@ -281,8 +281,11 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
     if dupes:
         raise SpecError(f"{source}: seeds: duplicate seed(s) {dupes}; every seed must be unique "
                         f"(every arm runs every seed, so a repeat would run the same trial twice)")
-    if any(s < 0 for s in spec.seeds):
-        raise SpecError(f"{source}: seeds: seeds must be >= 0 but got {spec.seeds}")
+    from trainers.config import MAX_SEED
+
+    if any(s < 0 or s > MAX_SEED for s in spec.seeds):
+        raise SpecError(f"{source}: seeds: every seed must be between 0 and {MAX_SEED} (32 bits) "
+                        f"but got {spec.seeds}")
     _check_search(spec, source)
 
 

@@ -96,7 +96,10 @@ def _load_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} {path}: no such file")
     try:
-        loaded = load_yaml(path.read_text())
+        loaded = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not a text file (byte {exc.start} is not UTF-8); "
+                          f"give a YAML config") from None
     except yaml.YAMLError as exc:
         where, problem = yaml_error_where(exc, str(path))
         raise ConfigError(f"{what} {where}: not valid YAML: {problem}") from None

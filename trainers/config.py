@@ -55,8 +55,14 @@ __all__ = [
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
+# Bounds that catch a typo (1e23 epochs, a seed numpy cannot take) before a run starts.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1        # numpy's and Python's random seeding take 32-bit seeds everywhere
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Non-finite floats (.inf, .nan) are never a valid learning rate, decay or probability.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _knob_field(name: str, annotation: Any) -> tuple[Any, None]:
@@ -109,8 +115,8 @@ class DataConfig(_Frozen):
 
 
 class OptimConfig(_Frozen):
-    epochs: int = Field(default=300, gt=0)
-    batch_size: int = Field(default=1024, gt=0)
+    epochs: int = Field(default=300, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=1024, gt=0, le=2**20)
     opt: str = "adamw"
     # Absolute learning rate; None uses the recipe's base_lr * batch_size / 512.
     lr: float | None = Field(default=None, gt=0.0)
@@ -120,7 +126,7 @@ class OptimConfig(_Frozen):
     momentum: float = Field(default=0.9, ge=0.0)
     sched: str = "cosine"
     min_lr: float = Field(default=1e-5, ge=0.0)
-    warmup_epochs: int = Field(default=5, ge=0)
+    warmup_epochs: int = Field(default=5, ge=0, le=MAX_EPOCHS)
     warmup_lr: float = Field(default=1e-6, ge=0.0)
     clip_grad: float | None = Field(default=None, gt=0.0)
     ema: bool = True
@@ -128,7 +134,7 @@ class OptimConfig(_Frozen):
     # Mixed precision; only takes effect on CUDA.
     amp: bool = True
     # Cap on optimizer steps per epoch (smoke runs); None = the whole training set.
-    steps_per_epoch: int | None = Field(default=None, gt=0)
+    steps_per_epoch: int | None = Field(default=None, gt=0, le=10**9)
 
 
 class AugConfig(_Frozen):
@@ -156,7 +162,7 @@ class TrainConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
     aug: AugConfig = Field(default_factory=AugConfig)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch intra-op threads; None leaves torch's default.
     threads: int | None = Field(default=None, gt=0)
