@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -148,7 +149,7 @@ class SinkCallback(Callback):
                 self._best[tid] = value
         return epoch, metrics
 
-    def _outcome(self, trial: Any, status: str, reason: str) -> TrialOutcome:
+    def _outcome(self, trial: Any, status: str, reason: str, error: str = "") -> TrialOutcome:
         p = self._planned(trial)
         tid = trial.trial_id
         last = self._last.get(tid, {})
@@ -162,7 +163,7 @@ class SinkCallback(Callback):
             wall_time_s=float(wall), final=dict(last),
             best={metric: self._best[tid]} if tid in self._best else {},
             params=None if params is None else int(params),
-            macs=None if macs is None else int(macs),
+            macs=None if macs is None else int(macs), error=error,
         )
 
     def _catch_up(self, trial: Any) -> None:
@@ -204,7 +205,9 @@ class SinkCallback(Callback):
             pass
         lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
         reason = "error: " + (lines[-1] if lines else "the trial raised (see Tune's error.txt)")
-        outcome = self._outcome(trial, "failed", reason[:2000])
+        # Ray colours its traceback header; the artifact is read as plain text.
+        error = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+        outcome = self._outcome(trial, "failed", reason[:2000], error=error)
         self.outcomes[p.key] = outcome
         self._finished_ids.add(trial.trial_id)
         self._emit("trial_finished", outcome)

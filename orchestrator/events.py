@@ -39,6 +39,7 @@ class TrialOutcome:
     best: Mapping[str, float]       # best value of the spec's metric (key = metric name)
     params: int | None = None
     macs: int | None = None
+    error: str = ""                 # a failed trial's full traceback (an MLflow artifact)
 
 
 class Sink(Protocol):

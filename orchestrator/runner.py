@@ -265,7 +265,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     from ray import tune
 
     from orchestrator._callback import SinkCallback
-    from orchestrator.trainable import run_trial
+    from orchestrator.trainable import FAULT_ENV, run_trial
     from orchestrator.tracking import default_tracking_uri
 
     spec = plan.spec
@@ -276,7 +276,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
 
     res = spec.run.resources_per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, search_base=plan.search_base, smoke=plan.smoke),
+        tune.with_parameters(run_trial, search_base=plan.search_base, smoke=plan.smoke,
+                             faults=os.environ.get(FAULT_ENV)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     experiment = _tune_experiment_dir(plan)

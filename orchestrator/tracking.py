@@ -354,6 +354,8 @@ class MlflowSink:
                 "epochs_run": str(outcome.epochs_run)}
         client.log_batch(run_id, metrics=metrics,
                          tags=[RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()])
+        if outcome.error:
+            client.log_text(run_id, outcome.error, "error.txt")
         client.set_terminated(run_id, "FAILED" if outcome.status == "failed" else "FINISHED")
         self._open.discard(outcome.key)
         self._finished.add(outcome.key)

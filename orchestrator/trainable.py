@@ -18,10 +18,53 @@ from typing import Any, Mapping
 
 from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
 
-__all__ = ["EPOCH_KEY", "TuneReporter", "identify", "run_trial"]
+__all__ = ["EPOCH_KEY", "FAULT_ENV", "InjectedFault", "TuneReporter", "identify", "run_trial"]
 
 # The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
 EPOCH_KEY = "epoch"
+
+# Test-only fault injection, never set in normal use: read by the driver when the sweep starts
+# and shipped to the trials. `ARM/SEED@EPOCH*TIMES;...:DIR`: the trial of that arm and seed raises
+# InjectedFault right after reporting an epoch >= EPOCH (its checkpoint saved), TIMES times in
+# all (a retry resumes past the epoch that failed); DIR keeps one marker file per firing, so the
+# count survives Tune's retries.
+FAULT_ENV = "ORCHESTRATOR_TEST_FAULTS"
+
+
+class InjectedFault(RuntimeError):
+    """The failure that FAULT_ENV asked for (tests only)."""
+
+
+def parse_faults(value: str | None) -> tuple[dict[tuple[str, int], tuple[int, int]], str] | None:
+    """FAULT_ENV's value -> ({(arm, seed): (epoch, times)}, marker dir), or None when unset."""
+    if not value:
+        return None
+    entries, _, marker_dir = value.rpartition(":")
+    faults = {}
+    for entry in filter(None, entries.split(";")):
+        who, _, when = entry.partition("@")
+        arm, _, seed = who.rpartition("/")
+        epoch, _, times = when.partition("*")
+        faults[(arm, int(seed))] = (int(epoch), int(times or 1))
+    return faults, marker_dir
+
+
+class _FaultyReporter:
+    """Forwards to Tune, then raises InjectedFault after the chosen epoch (tests only)."""
+
+    def __init__(self, inner: Any, trial: PlannedTrial, epoch: int, times: int, marker_dir: str):
+        self._inner, self._trial, self._epoch, self._times = inner, trial, epoch, times
+        self._dir = Path(marker_dir)
+
+    def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
+        self._inner.report(metrics, epoch=epoch, checkpoint_dir=checkpoint_dir)
+        if epoch < self._epoch:
+            return
+        fired = sorted(self._dir.glob(f"{self._trial.key}-*"))
+        if len(fired) < self._times:
+            (self._dir / f"{self._trial.key}-{len(fired) + 1}").touch()
+            raise InjectedFault(f"injected fault {len(fired) + 1} of {self._times} after epoch "
+                                f"{epoch} of {self._trial.arm}/seed{self._trial.seed}")
 
 
 def identify(config: Mapping[str, Any], *, search_base: Mapping[str, Any] | None = None,
@@ -63,7 +106,7 @@ def _trial_cpus() -> int:
 
 
 def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = None,
-              smoke: bool = False) -> None:
+              smoke: bool = False, faults: str | None = None) -> None:
     """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any."""
     import torch
     from ray import tune
@@ -77,14 +120,19 @@ def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = No
     if cpus:
         torch.set_num_threads(cpus)
         cfg = cfg.model_copy(update={"threads": cpus})
+    reporter: Any = TuneReporter()
+    injected = parse_faults(faults)
+    if injected and (trial.arm, trial.seed) in injected[0]:
+        reporter = _FaultyReporter(reporter, trial, *injected[0][(trial.arm, trial.seed)],
+                                   marker_dir=injected[1])
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial.key}-"))
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train(cfg, TuneReporter(), out_dir=out_dir)
+            train(cfg, reporter, out_dir=out_dir)
         else:
             with checkpoint.as_directory() as ckpt_dir:
-                train(cfg, TuneReporter(), out_dir=out_dir, resume_from=ckpt_dir)
+                train(cfg, reporter, out_dir=out_dir, resume_from=ckpt_dir)
     finally:
         # Tune has copied every reported checkpoint into the sweep's storage already.
         shutil.rmtree(out_dir, ignore_errors=True)
