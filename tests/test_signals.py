@@ -20,26 +20,13 @@ import pandas as pd
 import pytest
 
 from orchestrator.sweep import main
+from tiny_study import two_arm_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
 
 # Two arms x 1 seed, 3 short epochs, no early stopping: every trial must end 'completed'.
-SPEC = """\
-name: sig
-base:
-  model: {backbone: localvit_micro}
-  data: {name: digits}
-  train: {epochs: 3, batch_size: 32, steps_per_epoch: 4, lr: 2.0e-3, warmup_epochs: 0,
-          ema: false, amp: false}
-  aug: {auto_augment: null, color_jitter: 0.0, reprob: 0.0, mixup: 0.0, cutmix: 0.0}
-  device: cpu
-base_arm: localvit
-baseline: {model.backbone: vit_micro}
-seeds: [0]
-search: {metric: val/top1, mode: max}
-run: {resources_per_trial: {cpu: 1}, max_concurrent: 1}
-"""
+SPEC = two_arm_spec("sig", "{resources_per_trial: {cpu: 1}, max_concurrent: 1}")
 
 
 def _mlflow_trial_runs(storage: Path) -> list:
