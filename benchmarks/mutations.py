@@ -197,6 +197,7 @@ FIRST_FOR = {
     TRAIN: ("tests/test_train.py",),
     "trainers/_engine.py": ("tests/test_train.py",),
     "orchestrator/racing.py": ("tests/test_racing.py",),
+    "orchestrator/_asha.py": ("tests/test_asha_reasons.py",),
     "orchestrator/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
