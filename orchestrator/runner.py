@@ -158,9 +158,10 @@ def _check_resources(plan: Plan) -> None:
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     raise SpecError(
         f"{plan.source}: run.resources_per_trial: a trial asks for {res.cpu:g} CPU and "
-        f"{res.gpu:g} GPU but this machine's Ray has {cpus:g} CPU and {gpus:g} GPU; lower "
-        f"run.resources_per_trial (for example --set run.resources_per_trial.cpu=1 "
-        f"--set run.resources_per_trial.gpu=0) or run on a cluster with --address")
+        f"{res.gpu:g} GPU but this machine's Ray has {cpus:g} CPU and {gpus:g} GPU, so no trial "
+        f"could ever start; try the study here with --smoke (1 CPU per trial), lower "
+        f"run.resources_per_trial (for example --set run.resources_per_trial.gpu=0), or run on "
+        f"a cluster that has such nodes with --address")
 
 
 def _domain(dom: Any) -> Any:
