@@ -30,10 +30,12 @@ import argparse
 import concurrent.futures
 import dataclasses
 import signal
+import subprocess
 import sys
 import time
 
 from _mutants import (
+    ROOT,
     Mutation,
     Outcome,
     Source,
@@ -237,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 
     by_name = {m.name: m for m in MUTATIONS}
     assert len(by_name) == len(MUTATIONS), "duplicate mutation names"
+    if args.rev:
+        # The commit the copies are made of, fixed now: HEAD may move while the run goes on.
+        args.rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT,
+                                  capture_output=True, text=True, check=True).stdout.strip()
     source = Source.commit(args.rev) if args.rev else Source.working_tree(args.untracked)
     stale = []
     for m in MUTATIONS:
