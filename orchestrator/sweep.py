@@ -178,6 +178,10 @@ def _print_summary(plan, result, spec_path, console, err) -> None:
         pass
     for msg in result.sink_errors:
         err.print(f"result sink error: {msg}", markup=False, soft_wrap=True)
+    if any(msg.startswith("MlflowSink.") for msg in result.sink_errors):
+        err.print(f"MLflow missed part of this sweep; the Parquet tables have all of it: once "
+                  f"the store is back, run python -m orchestrator.sync {result.storage_dir}",
+                  markup=False, soft_wrap=True)
     if result.interrupted:
         err.print(f"interrupted; continue with: python -m orchestrator.sweep {spec_path} --resume"
                   f" (with the same --set options)", markup=False, soft_wrap=True)

@@ -1,0 +1,152 @@
+"""`python -m orchestrator.sync SWEEP_DIR`: bring MLflow up to date from the sweep's Parquet tables.
+
+Parquet is the sweep's system of record; MLflow mirrors it. When the MLflow store was unreachable
+or locked during a sweep (the sweep went on, said so once and exited 1), this replays every
+finished trial of `trials.parquet`, with its curve from `epochs.parquet`, into the store through
+the same sink the sweep uses. The sink finds the runs that exist by their trial key and logs only
+what they lack, so a sync is safe to repeat: one parent run per sweep, one child run per trial,
+one metric point per epoch. The report folder, when there is one, is logged to the parent run.
+
+Trials that had not finished when the driver stopped have no row in trials.parquet yet; the next
+`--resume` finishes them and logs them.
+
+    python -m orchestrator.sync sweeps/quickstart                    # the sweep's default store
+    python -m orchestrator.sync sweeps/quickstart --tracking-uri http://127.0.0.1:5000
+
+Exit codes: 0 synced, 2 bad input (no sweep there, a missing or unreadable table), 1 MLflow
+failed (the message says what it raised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator.errors import SweepError
+
+__all__ = ["SyncResult", "sync", "main"]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    tracking_uri: str
+    experiment: str
+    trials: int
+    epochs: int
+
+
+def _number(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def _read(sweep_dir: Path) -> tuple[dict[str, Any], Any, Any]:
+    """(resolved spec, trials, epochs) of a sweep folder; SweepError naming the file otherwise."""
+    import yaml
+
+    from orchestrator.tables import read_epochs, read_trials
+
+    if not sweep_dir.is_dir():
+        raise SweepError(f"{sweep_dir}: no such sweep folder; give run.storage/NAME "
+                         f"(for example sweeps/quickstart)")
+    spec_file = sweep_dir / "spec.yaml"
+    try:
+        spec = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SweepError(f"{spec_file}: cannot read the sweep's resolved spec ({exc}); is "
+                         f"{sweep_dir} a sweep folder?") from None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise SweepError(f"{spec_file}: not a resolved sweep spec (no name)")
+    tables = []
+    for name, reader in (("trials.parquet", read_trials), ("epochs.parquet", read_epochs)):
+        try:
+            tables.append(reader(sweep_dir))
+        except Exception as exc:  # noqa: BLE001 - missing, truncated or not Parquet at all
+            raise SweepError(f"{sweep_dir / name}: cannot read it ({type(exc).__name__}: "
+                             f"{exc}); nothing was synced") from None
+    return spec, tables[0], tables[1]
+
+
+def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
+    """Replay the sweep's finished trials into MLflow (idempotent); see the module docstring."""
+    from orchestrator.events import TrialInfo, TrialOutcome
+    from orchestrator.tracking import MlflowSink, default_tracking_uri, log_report
+
+    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    spec, trials, epochs = _read(sweep_dir)
+    uri = tracking_uri or default_tracking_uri(sweep_dir.parent)
+    search = spec.get("search") or {}
+    metric, mode = search.get("metric", "val/top1"), search.get("mode", "max")
+    arms = list(((spec.get("plan") or {}).get("arms") or {}))
+    # What the sweep planned (its parent run's total_trials): arms x seeds, or a search's samples.
+    total = (search.get("num_samples") if arms == ["hpo"]
+             else len(arms) * len(spec.get("seeds") or [0]) if arms else None)
+
+    sink = MlflowSink(uri, background=False)
+    sink.start(sweep_name=spec["name"], storage_dir=str(sweep_dir), spec=spec, metric=metric,
+               mode=mode, total_trials=total if total is not None else len(trials))
+    curves = {key: g.sort_values("epoch") for key, g in epochs.groupby("trial_key")}
+    n_epochs = 0
+    for row in trials.to_dict("records"):
+        key = row["trial_key"]
+        config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
+        tags = json.loads(row["tags"]) if isinstance(row.get("tags"), str) else {}
+        sink.trial_started(TrialInfo(key=key, arm=row["arm"], seed=int(row["seed"]),
+                                     config=config, backbone=row["backbone"], tags=tags or {}))
+        curve = curves.get(key)
+        if curve is not None:
+            for rec in curve.drop(columns=["trial_key"]).to_dict("records"):
+                epoch = int(rec.pop("epoch"))
+                values = {k: x for k, v in rec.items() if (x := _number(v)) is not None}
+                sink.epoch(key, epoch, values)
+                n_epochs += 1
+        final = json.loads(row["final_metrics"]) if isinstance(row["final_metrics"], str) else {}
+        best = _number(row.get("metric_best"))
+        sink.trial_finished(TrialOutcome(
+            key=key, status=row["status"], stop_reason=row["stop_reason"],
+            epochs_run=int(row["epochs_run"]), wall_time_s=float(row["wall_time_s"]),
+            final={k: x for k, v in (final or {}).items() if (x := _number(v)) is not None},
+            best={metric: best} if best is not None else {},
+            params=None if _number(row.get("params")) is None else int(row["params"]),
+            macs=None if _number(row.get("macs")) is None else int(row["macs"]),
+        ))
+    sink.finish(interrupted=False)
+    report = sweep_dir / "report"
+    if report.is_dir() and any(report.iterdir()):
+        log_report(uri, spec["name"], report)
+    return SyncResult(tracking_uri=uri, experiment=spec["name"], trials=len(trials),
+                      epochs=n_epochs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sync",
+                                description="Bring MLflow up to date from a sweep's Parquet tables.")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="run.storage/NAME, e.g. sweeps/quickstart")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else the sweep's "
+                        "sqlite store beside it)")
+    args = p.parse_args(argv)
+    try:
+        result = sync(args.sweep_dir, args.tracking_uri)
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the store itself failed: say what, exit 1
+        print(f"MLflow sync failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"synced {result.trials} trials and {result.epochs} epochs of {result.experiment} "
+          f"to {result.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
