@@ -1,7 +1,9 @@
 """Ctrl-C (SIGINT) and SIGTERM (`timeout`, batch schedulers, `ray stop`) stop a sweep cleanly
 (issue 10): the driver exits 1 with the resume hint and no stack dump, the trial that was running
 is KILLED in MLflow (none left RUNNING) with its rows kept in Parquet, and `--resume` completes
-the sweep to the same trials an uninterrupted run gives.
+the sweep to the same trials an uninterrupted run gives. SIGKILL (nothing to handle) before the
+first result and during the final writes: `--resume` still ends every trial once in Parquet and
+in MLflow, with the report written (the kill mid-sweep is test_arm_scheduler.py's).
 
 The driver is a real `python -m orchestrator.sweep` process, sent SIGTERM once its first trial has
 reported an epoch; the resume runs in-process on the suite's Ray session.
@@ -87,3 +89,47 @@ def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
     kept = epochs_before.merge(epochs, on=["trial_key", "epoch"], suffixes=("", "_after"))
     assert len(kept) == len(epochs_before)
     assert (kept["val/top1"] == kept["val/top1_after"]).all()
+
+
+@pytest.mark.parametrize("moment,line", [
+    ("before the first result", " started"),
+    ("during the final writes", " finished after "),
+])
+def test_sigkill_at_a_moment_then_resume_ends_every_trial_once(moment, line, ray_session,
+                                                              tmp_path):
+    # SIGKILL cannot be handled: whatever the driver had not written is lost, and --resume must
+    # still end with each trial once in Parquet and in MLflow (none left RUNNING).
+    spec = tmp_path / "sig.yaml"
+    spec.write_text(SPEC)
+    storage = tmp_path / "sweeps"
+    args = [str(spec), "--set", f"run.storage={storage}"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while line not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no {line!r} line within 240 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "Report:" not in log.read_text()     # killed before the end, as meant
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, "--resume"]) == 0, err.getvalue()[-3000:]
+    sweep = storage / "sig"
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    assert sorted(trials["arm"]) == ["baseline", "localvit"]
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 3).all()
+    epochs = pd.read_parquet(sweep / "epochs.parquet")
+    assert len(epochs) == 6 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    runs = _mlflow_trial_runs(storage)
+    assert sorted(r.info.run_name for r in runs) == ["baseline/seed0", "localvit/seed0"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert (sweep / "report" / "arms.csv").is_file()
