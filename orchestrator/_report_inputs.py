@@ -63,6 +63,7 @@ class SweepInputs:
     trials: Any                                # pandas DataFrame (tables.read_trials)
     epochs: Any                                # pandas DataFrame (tables.read_epochs)
     decisions: Any | None                      # pandas DataFrame or None
+    spec: Mapping[str, Any] = field(default_factory=dict)   # spec.yaml as read (for MLflow sync)
 
     @property
     def is_search(self) -> bool:
@@ -197,4 +198,4 @@ def load_sweep(directory: str | Path) -> SweepInputs:
         mode=mode, design=str(spec.get("design") or "ofat"), base_arm=base_arm, axes=axes,
         arms=arms, references_given=bool(spec.get("references")), space=_space(spec),
         seeds=tuple(int(s) for s in spec.get("seeds") or ()), trials=trials, epochs=epochs,
-        decisions=_read_decisions(directory))
+        decisions=_read_decisions(directory), spec=spec)

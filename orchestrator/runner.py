@@ -250,6 +250,7 @@ def run_sweep(
     from orchestrator._lock import DriverLock
 
     target = check_storage(plan, resume=resume)
+    # Ray first: whether a trial fits a node is known only then, and nothing is created before.
     _quiet_ray()
     _init_ray(address)
     if not address:
@@ -272,8 +273,6 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
     uri = tracking_uri or default_tracking_uri(storage_root)
-    _quiet_ray()
-    _init_ray(address)
 
     res = spec.run.resources_per_trial
     trainable = tune.with_resources(

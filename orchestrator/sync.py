@@ -13,8 +13,9 @@ Trials that had not finished when the driver stopped have no row in trials.parqu
     python -m orchestrator.sync sweeps/quickstart                    # the sweep's default store
     python -m orchestrator.sync sweeps/quickstart --tracking-uri http://127.0.0.1:5000
 
-Exit codes: 0 synced, 2 bad input (no sweep there, a missing or unreadable table), 1 MLflow
-failed (the message says what it raised).
+Exit codes: 0 synced, 2 bad input (no sweep there, a missing or unreadable spec.yaml or table,
+no finished trial yet: the same checks and messages as `orchestrator.report`), 1 MLflow failed
+(the message says what it raised).
 """
 
 from __future__ import annotations
@@ -48,54 +49,26 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _read(sweep_dir: Path) -> tuple[dict[str, Any], Any, Any]:
-    """(resolved spec, trials, epochs) of a sweep folder; SweepError naming the file otherwise."""
-    import yaml
-
-    from orchestrator.tables import read_epochs, read_trials
-
-    if not sweep_dir.is_dir():
-        raise SweepError(f"{sweep_dir}: no such sweep folder; give run.storage/NAME "
-                         f"(for example sweeps/quickstart)")
-    spec_file = sweep_dir / "spec.yaml"
-    try:
-        spec = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SweepError(f"{spec_file}: cannot read the sweep's resolved spec ({exc}); is "
-                         f"{sweep_dir} a sweep folder?") from None
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise SweepError(f"{spec_file}: not a resolved sweep spec (no name)")
-    tables = []
-    for name, reader in (("trials.parquet", read_trials), ("epochs.parquet", read_epochs)):
-        try:
-            tables.append(reader(sweep_dir))
-        except Exception as exc:  # noqa: BLE001 - missing, truncated or not Parquet at all
-            raise SweepError(f"{sweep_dir / name}: cannot read it ({type(exc).__name__}: "
-                             f"{exc}); nothing was synced") from None
-    return spec, tables[0], tables[1]
-
-
 def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
     """Replay the sweep's finished trials into MLflow (idempotent); see the module docstring."""
+    from orchestrator._report_inputs import load_sweep
     from orchestrator.events import TrialInfo, TrialOutcome
     from orchestrator.tracking import MlflowSink, default_tracking_uri, log_report
 
     sweep_dir = Path(sweep_dir).expanduser().resolve()
-    spec, trials, epochs = _read(sweep_dir)
+    # The report's reader: the same checks, and a missing or damaged file named the same way.
+    sweep = load_sweep(sweep_dir)
     uri = tracking_uri or default_tracking_uri(sweep_dir.parent)
-    search = spec.get("search") or {}
-    metric, mode = search.get("metric", "val/top1"), search.get("mode", "max")
-    arms = list(((spec.get("plan") or {}).get("arms") or {}))
-    # What the sweep planned (its parent run's total_trials): arms x seeds, or a search's samples.
-    total = (search.get("num_samples") if arms == ["hpo"]
-             else len(arms) * len(spec.get("seeds") or [0]) if arms else None)
+    # What the sweep planned (its parent run's total_trials): a search's samples, or arms x seeds.
+    total = (sweep.spec["search"].get("num_samples") if sweep.is_search
+             else len(sweep.arms) * max(1, len(sweep.seeds)))
 
     sink = MlflowSink(uri, background=False)
-    sink.start(sweep_name=spec["name"], storage_dir=str(sweep_dir), spec=spec, metric=metric,
-               mode=mode, total_trials=total if total is not None else len(trials))
-    curves = {key: g.sort_values("epoch") for key, g in epochs.groupby("trial_key")}
+    sink.start(sweep_name=sweep.name, storage_dir=str(sweep_dir), spec=sweep.spec,
+               metric=sweep.metric, mode=sweep.mode, total_trials=total or len(sweep.trials))
+    curves = {key: g.sort_values("epoch") for key, g in sweep.epochs.groupby("trial_key")}
     n_epochs = 0
-    for row in trials.to_dict("records"):
+    for row in sweep.trials.to_dict("records"):
         key = row["trial_key"]
         config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
         tags = json.loads(row["tags"]) if isinstance(row.get("tags"), str) else {}
@@ -114,15 +87,15 @@ def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
             key=key, status=row["status"], stop_reason=row["stop_reason"],
             epochs_run=int(row["epochs_run"]), wall_time_s=float(row["wall_time_s"]),
             final={k: x for k, v in (final or {}).items() if (x := _number(v)) is not None},
-            best={metric: best} if best is not None else {},
+            best={sweep.metric: best} if best is not None else {},
             params=None if _number(row.get("params")) is None else int(row["params"]),
             macs=None if _number(row.get("macs")) is None else int(row["macs"]),
         ))
     sink.finish(interrupted=False)
     report = sweep_dir / "report"
     if report.is_dir() and any(report.iterdir()):
-        log_report(uri, spec["name"], report)
-    return SyncResult(tracking_uri=uri, experiment=spec["name"], trials=len(trials),
+        log_report(uri, sweep.name, report)
+    return SyncResult(tracking_uri=uri, experiment=sweep.name, trials=len(sweep.trials),
                       epochs=n_epochs)
 
 

@@ -40,25 +40,36 @@ def _mlflow_trial_runs(storage: Path) -> list:
     return [r for r in runs if r.data.tags.get("sweep_role") == "trial"]
 
 
-def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
-    # SIGTERM is handled by raising SIGINT in the driver (runner._sigterm_as_sigint), so this also
-    # walks Ctrl-C's path; one signalled driver keeps the suite's time down.
-    spec = tmp_path / "sig.yaml"
+def _start_driver(tmp: Path) -> tuple[subprocess.Popen, list[str], Path, Path]:
+    """The study as `python -m orchestrator.sweep` in its own process group, storage and log in
+    `tmp`: (process, its arguments for the --resume, storage root, log file)."""
+    spec = tmp / "sig.yaml"
     spec.write_text(SPEC)
-    storage = tmp_path / "sweeps"
+    storage = tmp / "sweeps"
     args = [str(spec), "--set", f"run.storage={storage}"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    log = tmp_path / "driver.log"
+    log = tmp / "driver.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    return proc, args, storage, log
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, line: str) -> None:
+    deadline = time.monotonic() + 240
+    while line not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {line!r} line within 240 s"
+        time.sleep(0.02)
+
+
+def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
+    # SIGTERM is handled by raising SIGINT in the driver (runner._sigterm_as_sigint), so this also
+    # walks Ctrl-C's path; one signalled driver keeps the suite's time down.
+    proc, args, storage, log = _start_driver(tmp_path)
     try:
-        deadline = time.monotonic() + 240
-        while " epoch 1 " not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no epoch reported within 240 s"
-            time.sleep(0.1)
+        _wait_for_line(proc, log, " epoch 1 ")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     finally:
@@ -99,22 +110,9 @@ def test_sigkill_at_a_moment_then_resume_ends_every_trial_once(moment, line, ray
                                                               tmp_path):
     # SIGKILL cannot be handled: whatever the driver had not written is lost, and --resume must
     # still end with each trial once in Parquet and in MLflow (none left RUNNING).
-    spec = tmp_path / "sig.yaml"
-    spec.write_text(SPEC)
-    storage = tmp_path / "sweeps"
-    args = [str(spec), "--set", f"run.storage={storage}"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc, args, storage, log = _start_driver(tmp_path)
     try:
-        deadline = time.monotonic() + 240
-        while line not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"no {line!r} line within 240 s"
-            time.sleep(0.02)
+        _wait_for_line(proc, log, line)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

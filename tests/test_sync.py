@@ -96,5 +96,5 @@ def test_sync_of_a_missing_or_broken_table_exits_2_naming_it(unsynced, tmp_path,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sync_main([str(broken), "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert f"{broken / 'trials.parquet'}: cannot read it" in err
+    assert f"{broken / 'trials.parquet'}: not a readable Parquet table" in err
     assert not (tmp_path / "mlflow.db").exists()
