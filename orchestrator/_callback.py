@@ -21,7 +21,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator.events import Sink, TrialInfo, TrialOutcome
 from orchestrator.plan import PlannedTrial, trial_key
-from orchestrator.trainable import EPOCH_KEY, identify
+from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
 
 __all__ = ["SinkCallback"]
 
@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 # Tune's own bookkeeping keys in a result; everything else numeric is a trainer metric.
 _TUNE_KEYS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint",
                                       "episodes_this_iter", "timesteps_this_iter", EPOCH_KEY}
+
+
+def _node(result: Mapping[str, Any]) -> str:
+    """`<node ip>:<node id[:8]>` of the node that produced a result (the ip alone can be shared
+    by several Ray nodes on one machine), or "" when the trainable did not say."""
+    node_id = result.get(NODE_KEY)
+    if not isinstance(node_id, str) or not node_id:
+        return ""
+    return f"{result.get('node_ip') or '?'}:{node_id[:8]}"
 
 
 class SinkCallback(Callback):
@@ -131,7 +140,7 @@ class SinkCallback(Callback):
                         **info: Any) -> None:
         p = self._planned(trial)
         epoch, metrics = self._observe(trial, result)
-        self._emit("epoch", p.key, epoch, metrics)
+        self._emit("epoch", p.key, epoch, metrics, node=_node(result))
 
     def _observe(self, trial: Any, result: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
         """Keep a result's epoch, metrics and the best value of the spec's metric."""

@@ -99,7 +99,7 @@ class ProgressSink:
         if not self.live:
             self._line(f"trial {self._label(info.key)} started")
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
         value = metrics.get(self._metric)
         with self._lock:
             self._epoch[key] = max(int(epoch), self._epoch.get(key, 0))

@@ -50,8 +50,71 @@ def sweep_dir(plan: Plan) -> Path:
     return Path(plan.spec.run.storage).expanduser().resolve() / plan.spec.name
 
 
-def _tune_experiment_dir(plan: Plan) -> Path:
-    return sweep_dir(plan) / TUNE_DIR / plan.spec.name
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def _tune_storage(plan: Plan) -> str:
+    """Tune's storage_path: `run.tune_storage` (a shared folder or an s3:// / gs:// URI) or, by
+    default, `<storage>/<name>/tune` in the sweep's own folder."""
+    where = plan.spec.run.tune_storage
+    if where is None:
+        return str(sweep_dir(plan) / TUNE_DIR)
+    return where if _is_uri(where) else str(Path(where).expanduser().resolve())
+
+
+def _tune_experiment_dir(plan: Plan) -> str:
+    """Where Tune keeps this sweep's experiment (tuner.pkl, its state, trial checkpoints)."""
+    return f"{_tune_storage(plan).rstrip('/')}/{plan.spec.name}"
+
+
+def _filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
+    import pyarrow.fs as pafs
+
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
+
+
+def _check_tune_storage(plan: Plan, *, resume: bool) -> None:
+    """run.tune_storage must be reachable and writable, and hold no other sweep of this name."""
+    location = plan.spec.run.tune_storage
+    if location is None:
+        return
+    where = f"{plan.source}: run.tune_storage"
+    if not _is_uri(location):
+        probe = Path(location).expanduser().resolve()
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise StorageError(f"{where}: cannot write to {location} ({probe} is not a "
+                               f"writable folder); give a folder every node of the cluster "
+                               f"mounts, or an s3:// or gs:// URI")
+    try:
+        fs, path = _filesystem(location)
+        info = fs.get_file_info(path)
+        # Tune creates folders under the location, but never the bucket itself.
+        bucket = fs.get_file_info(path.split("/", 1)[0]) if _is_uri(location) else None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError/ArrowInvalid by backend
+        raise StorageError(
+            f"{where}: cannot reach {location}: {str(exc).strip().splitlines()[0]}; check the "
+            f"bucket name and the credentials (for S3: AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY or an instance profile, AWS_ENDPOINT_URL for a non-AWS "
+            f"server)") from None
+    import pyarrow.fs as pafs
+
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"{where}: {location} is a file, not a folder")
+    if bucket is not None and bucket.type == pafs.FileType.NotFound:
+        raise StorageError(f"{where}: the bucket {bucket.path!r} of {location} does not exist "
+                           f"(or these credentials cannot see it); create it first, e.g. "
+                           f"aws s3 mb s3://{bucket.path}")
+    if not resume and _saved_state(plan):
+        raise StorageError(
+            f"{where}: a Tune experiment named '{plan.spec.name}' already exists at "
+            f"{_tune_experiment_dir(plan)}; pass --resume to continue it, or start a new sweep "
+            f"with --set name=<new name>")
 
 
 def check_storage(plan: Plan, *, resume: bool) -> Path:
@@ -68,6 +131,7 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
         raise StorageError(f"{where}: cannot write to {root} ({probe} is not writable); choose "
                            f"a folder you can write, e.g. --set run.storage=./sweeps")
     target = sweep_dir(plan)
+    _check_tune_storage(plan, resume=resume)
     if resume:
         # Killed before Tune saved anything, a resumed sweep simply starts (a restart script
         # can always say --resume); it must still be the same sweep.
@@ -81,9 +145,13 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
 
 def _saved_state(plan: Plan) -> bool:
     """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
-    experiment = _tune_experiment_dir(plan)
-    return (experiment / "tuner.pkl").is_file() and \
-        any(experiment.glob("experiment_state-*.json"))
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(_tune_experiment_dir(plan))
+    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = {info.base_name for info in found if info.type == pafs.FileType.File}
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and
+                                        n.endswith(".json") for n in names)
 
 
 def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
@@ -141,27 +209,6 @@ def _init_ray(address: str | None) -> None:
     else:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR)
-
-
-def _check_resources(plan: Plan) -> None:
-    """A trial that fits on no node of the local Ray would wait forever: refuse it up front.
-
-    Only for the local Ray this driver starts; a cluster (--address) may add nodes on demand.
-    """
-    import ray
-
-    res = plan.spec.run.resources_per_trial
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(n.get("CPU", 0) >= res.cpu and n.get("GPU", 0) >= res.gpu for n in nodes):
-        return
-    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    raise SpecError(
-        f"{plan.source}: run.resources_per_trial: a trial asks for {res.cpu:g} CPU and "
-        f"{res.gpu:g} GPU but this machine's Ray has {cpus:g} CPU and {gpus:g} GPU, so no trial "
-        f"could ever start; try the study here with --smoke (1 CPU per trial), lower "
-        f"run.resources_per_trial (for example --set run.resources_per_trial.gpu=0), or run on "
-        f"a cluster that has such nodes with --address")
 
 
 def _domain(dom: Any) -> Any:
@@ -242,19 +289,22 @@ def run_sweep(
     address: str | None = None,
     sink_factory: Callable[..., Sequence[Sink]] = default_sinks,
     tracking_uri: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C.
 
+    `notify` gets a line for the user when trials will wait for the autoscaler to add nodes.
+
     One driver per sweep (`_lock.DriverLock`): a second one gets a StorageError naming the first.
     """
+    from orchestrator._cluster import check_capacity
     from orchestrator._lock import DriverLock
 
     target = check_storage(plan, resume=resume)
     # Ray first: whether a trial fits a node is known only then, and nothing is created before.
     _quiet_ray()
     _init_ray(address)
-    if not address:
-        _check_resources(plan)
+    check_capacity(plan, cluster=bool(address), notify=notify)
     target.mkdir(parents=True, exist_ok=True)
     with DriverLock(target, f"{plan.source}: run.storage"):
         return _run_locked(plan, target, resume=resume and _saved_state(plan), address=address,
@@ -282,7 +332,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     )
     experiment = _tune_experiment_dir(plan)
     if resume:
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         scheduler = _scheduler(plan)
@@ -308,7 +358,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                 trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=str(target / TUNE_DIR), callbacks=[callback],
+                name=spec.name, storage_path=_tune_storage(plan), callbacks=[callback],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(

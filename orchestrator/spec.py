@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator._yaml import read_yaml
 from orchestrator.errors import SpecError
@@ -143,6 +143,10 @@ class SearchSpec(_Strict):
         return self.algorithm.optuna if isinstance(self.algorithm, AlgorithmSpec) else None
 
 
+# URI schemes pyarrow (and so Ray Tune) can store an experiment at.
+TUNE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+
+
 class ResourcesSpec(_Strict):
     cpu: float = Field(default=1, gt=0)
     # Fractional GPUs (0.5) pack several trials on one device.
@@ -154,9 +158,37 @@ class RunSpec(_Strict):
     # None: as many as the cluster's resources allow.
     max_concurrent: int | None = Field(default=None, gt=0)
     storage: str = "./sweeps"
+    # Where Ray Tune keeps the experiment state and the trials' checkpoints. None: the sweep's
+    # own folder (`<storage>/<name>/tune`), which only one machine sees. On a cluster of several
+    # nodes it must be storage every node reaches: a shared mount, or an s3:// / gs:// URI
+    # (pyarrow filesystems, as Ray Tune uses them). Parquet, spec.yaml, the report and the
+    # default MLflow store stay in `storage`, on the driver's machine.
+    tune_storage: str | None = None
     # Times a failed trial is retried from its last checkpoint before it counts as failed.
     max_failures: int = Field(default=0, ge=0, le=1000)
     checkpoints_to_keep: int = Field(default=1, gt=0)
+
+    @field_validator("tune_storage")
+    @classmethod
+    def _tune_storage_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", value)
+        if not value.strip():
+            raise ValueError("must not be empty; leave it out to keep Tune's state in the sweep's "
+                             "folder")
+        if scheme is None:
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", value):
+                raise ValueError(f"{value!r} looks like a URI with a missing slash; write "
+                                 f"s3://bucket/prefix or gs://bucket/prefix")
+            return value
+        if scheme.group(1).lower() not in TUNE_STORAGE_SCHEMES:
+            raise ValueError(f"{value!r}: Ray Tune cannot keep checkpoints at a "
+                             f"{scheme.group(1)}:// address; use a folder every node sees or "
+                             f"one of {', '.join(s + '://' for s in TUNE_STORAGE_SCHEMES)}")
+        if not scheme.group(2).strip("/"):
+            raise ValueError(f"{value!r} names no bucket; write {scheme.group(1)}://bucket/prefix")
+        return value.rstrip("/")
 
 
 class SweepSpec(_Strict):

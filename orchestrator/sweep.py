@@ -120,6 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
+    if args.address and args.address.startswith("ray://"):
+        # Ray Client: the driver would run here, far from the cluster's storage and MLflow.
+        err.print(f"error: --address {args.address}: Ray Client (ray://) addresses are not "
+                  f"supported; run the sweep on the cluster's head node with --address auto "
+                  f"(ray submit ray_cluster.yaml or ray exec ray_cluster.yaml, see README)",
+                  markup=False, soft_wrap=True)
+        return 2
     try:
         spec = load_spec(args.spec, args.sets)
         source = os.path.basename(args.spec)
@@ -136,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.runner import check_storage, run_sweep
 
         check_storage(plan, resume=args.resume)
-        result = run_sweep(plan, resume=args.resume, address=args.address)
+        result = run_sweep(plan, resume=args.resume, address=args.address,
+                           notify=lambda line: err.print(f"waiting: {line}", markup=False,
+                                                         soft_wrap=True))
     except SweepError as exc:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
         return 2

@@ -78,8 +78,9 @@ def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
         if curve is not None:
             for rec in curve.drop(columns=["trial_key"]).to_dict("records"):
                 epoch = int(rec.pop("epoch"))
+                node = rec.pop("node", None)
                 values = {k: x for k, v in rec.items() if (x := _number(v)) is not None}
-                sink.epoch(key, epoch, values)
+                sink.epoch(key, epoch, values, node=node if isinstance(node, str) else "")
                 n_epochs += 1
         final = json.loads(row["final_metrics"]) if isinstance(row["final_metrics"], str) else {}
         best = _number(row.get("metric_best"))

@@ -12,7 +12,8 @@ Files in the sweep's own folder `<storage>/<name>/`:
   `git_commit`. Then one column `config.<dotted key>` per config leaf, holding the value as JSON
   text: a fixed string type whatever the value (`model.locality.layers` may be "all", 3 or a
   list), so the schema never changes between trials or runs. `read_trials` decodes them.
-- `epochs.parquet`: `trial_key`, `epoch`, then one float64 column per reported metric name.
+- `epochs.parquet`: `trial_key`, `epoch`, `node` (the Ray node that trained the epoch, as
+  `<node ip>:<first 8 hex digits of its node id>`), then one float64 column per reported metric.
 - `spec.yaml`: the resolved spec, headed by comments with the versions and git commit (comments,
   so that the file stays a valid spec to run again).
 
@@ -88,7 +89,9 @@ TRIAL_FIELDS: tuple[pa.Field, ...] = (
 EPOCH_FIELDS: tuple[pa.Field, ...] = (
     pa.field("trial_key", pa.string(), nullable=False),
     pa.field("epoch", pa.int64(), nullable=False),
+    pa.field("node", pa.string()),
 )
+_EPOCH_KEYS = tuple(f.name for f in EPOCH_FIELDS)
 _STATUSES = ("completed", "stopped", "failed")
 
 
@@ -99,7 +102,7 @@ def trials_schema(config_keys: list[str] | tuple[str, ...] = ()) -> pa.Schema:
 
 
 def epochs_schema(metric_names: list[str] | tuple[str, ...] = ()) -> pa.Schema:
-    """The epochs.parquet schema: trial_key, epoch, then one float64 column per metric."""
+    """The epochs.parquet schema: trial_key, epoch, node, then one float64 column per metric."""
     return pa.schema([*EPOCH_FIELDS, *(pa.field(m, pa.float64()) for m in sorted(metric_names))])
 
 
@@ -210,10 +213,10 @@ class ParquetSink:
     def trial_started(self, info: TrialInfo) -> None:
         self._infos[info.key] = info
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        row: dict[str, Any] = {"trial_key": key, "epoch": int(epoch)}
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
+        row: dict[str, Any] = {"trial_key": key, "epoch": int(epoch), "node": node or None}
         for name, value in metrics.items():
-            if name in ("trial_key", "epoch"):
+            if name in _EPOCH_KEYS:
                 continue
             number = _float_or_none(value)
             if number is not None:
@@ -315,7 +318,7 @@ class ParquetSink:
         directory = self._require_started()
         if not (self._epochs_dirty or force) or (not self._epochs and not force):
             return
-        names = sorted({k for row in self._epochs.values() for k in row} - {"trial_key", "epoch"})
+        names = sorted({k for row in self._epochs.values() for k in row} - set(_EPOCH_KEYS))
         rows = [self._epochs[k] for k in sorted(self._epochs)]
         table = pa.Table.from_pylist(rows, schema=epochs_schema(names))
         _write_table(directory / EPOCHS_FILE, table)

@@ -188,6 +188,7 @@ class MlflowSink:
         self._has_params: set[str] = set()           # run ids whose params are already logged
         self._reused: set[str] = set()               # run ids found from an earlier driver
         self._logged_upto: dict[str, int] = {}       # run id -> last epoch already in MLflow
+        self._nodes: dict[str, list[str]] = {}       # run id -> the Ray nodes it ran on, in order
         self._open: set[str] = set()                 # trial keys started and not finished here
         self._finished: set[str] = set()             # trial keys finished by this driver
 
@@ -203,8 +204,8 @@ class MlflowSink:
     def trial_started(self, info: TrialInfo) -> None:
         self._require_worker().submit(self._trial_started, info)
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        self._require_worker().submit(self._epoch, key, epoch, dict(metrics))
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
+        self._require_worker().submit(self._epoch, key, epoch, dict(metrics), node)
 
     def trial_finished(self, outcome: TrialOutcome) -> None:
         self._require_worker().submit(self._trial_finished, outcome)
@@ -311,11 +312,20 @@ class MlflowSink:
             self._has_params.add(run_id)
         self._open.add(info.key)
 
-    def _epoch(self, key: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    def _epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
         from mlflow.entities import Metric
 
         client = self._client
         run_id = self._run_of(key)
+        if run_id not in self._nodes:
+            earlier = self._client.get_run(run_id).data.tags.get("ray.nodes", "") \
+                if run_id in self._reused else ""
+            self._nodes[run_id] = earlier.split()
+        nodes = self._nodes[run_id]
+        if node and node not in nodes:
+            # Where the trial ran, in order (a retry after a lost node moves it to another).
+            nodes.append(node)
+            client.set_tag(run_id, "ray.nodes", " ".join(nodes))
         if int(epoch) <= self._already_logged(run_id):
             return
         now = int(time.time() * 1000)

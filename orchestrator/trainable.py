@@ -18,10 +18,12 @@ from typing import Any, Mapping
 
 from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
 
-__all__ = ["EPOCH_KEY", "FAULT_ENV", "InjectedFault", "TuneReporter", "identify", "run_trial"]
+__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter", "identify", "run_trial"]
 
 # The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
 EPOCH_KEY = "epoch"
+# The Ray node id of the worker that trained the epoch (a string: never taken for a metric).
+NODE_KEY = "node_id"
 
 # Test-only fault injection, never set in normal use: read by the driver when the sweep starts
 # and shipped to the trials. `ARM/SEED@EPOCH*TIMES;...:DIR`: the trial of that arm and seed raises
@@ -88,9 +90,10 @@ class TuneReporter:
     """trainers.train.Reporter that forwards each epoch to Ray Tune with its checkpoint."""
 
     def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
+        import ray
         from ray import tune
 
-        result = {**metrics, EPOCH_KEY: epoch}
+        result = {**metrics, EPOCH_KEY: epoch, NODE_KEY: ray.get_runtime_context().get_node_id()}
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(result, checkpoint=checkpoint)
 

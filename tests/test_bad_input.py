@@ -93,6 +93,13 @@ CASES = {
     "--set wrong type": (QUICKSTART, ["--set", "base.train.epochs=ten"], "train.epochs"),
     "--set absurd epochs": (QUICKSTART, ["--set", "base.train.epochs=1e23"], "train.epochs"),
     "--set unknown trial key": (QUICKSTART, ["--set", "base.train.nope=1"], "train.nope"),
+    # ---- where Tune keeps its state on a cluster ----
+    "tune_storage over http": (QUICKSTART, ["--set", "run.tune_storage=http://host/x"],
+                               "cannot keep checkpoints at a http:// address"),
+    "tune_storage with a missing slash": (QUICKSTART, ["--set", "run.tune_storage=s3:/bucket"],
+                                          "looks like a URI with a missing slash"),
+    "tune_storage without a bucket": (QUICKSTART, ["--set", "run.tune_storage=gs://"],
+                                      "names no bucket"),
 }
 
 

@@ -155,3 +155,33 @@ def test_an_mlflow_error_is_raised_from_the_next_call_with_its_cause(tmp_path):
                mode="max", total_trials=1)
     with pytest.raises(RuntimeError, match="MlflowSink failed: FileExistsError"):
         sink.finish()
+
+
+def test_each_epoch_records_the_node_that_trained_it_and_mlflow_lists_them_in_order(tmp_path):
+    # A trial that lost its node after epoch 2 and was retried on another, then resumed by a new
+    # driver on a third: Parquet keeps each epoch's node, MLflow's `ray.nodes` tag lists all three.
+    from mlflow import MlflowClient
+
+    from orchestrator.tables import read_epochs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    infos, _, _ = scenario()
+    info = infos[0]
+    where = {1: "10.0.0.1:aaaa0001", 2: "10.0.0.1:aaaa0001", 3: "10.0.0.2:bbbb0002",
+             4: "10.0.0.3:cccc0003"}
+    for epochs in ([1, 2, 3], [4]):                  # the first driver, then a --resume
+        sinks = [ParquetSink(), MlflowSink(uri)]
+        for sink in sinks:
+            sink.start(sweep_name="nodes", storage_dir=str(tmp_path / "nodes"),
+                       spec={"name": "nodes"}, metric=METRIC, mode="max", total_trials=1)
+            sink.trial_started(info)
+            for epoch in epochs:
+                sink.epoch(info.key, epoch, {METRIC: 0.1 * epoch}, node=where[epoch])
+            sink.finish(interrupted=epochs != [4])
+    got = read_epochs(tmp_path / "nodes").set_index("epoch")["node"].to_dict()
+    assert got == where
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("nodes")
+    run, = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sweep_role") == "trial"]
+    assert run.data.tags["ray.nodes"] == "10.0.0.1:aaaa0001 10.0.0.2:bbbb0002 10.0.0.3:cccc0003"
