@@ -107,9 +107,11 @@ def _check_tune_storage(plan: Plan, *, resume: bool) -> None:
     if info.type == pafs.FileType.File:
         raise StorageError(f"{where}: {location} is a file, not a folder")
     if bucket is not None and bucket.type == pafs.FileType.NotFound:
+        scheme = location.split("://", 1)[0].lower()
+        make = {"s3": f", e.g. aws s3 mb s3://{bucket.path}",
+                "gs": f", e.g. gcloud storage buckets create gs://{bucket.path}"}.get(scheme, "")
         raise StorageError(f"{where}: the bucket {bucket.path!r} of {location} does not exist "
-                           f"(or these credentials cannot see it); create it first, e.g. "
-                           f"aws s3 mb s3://{bucket.path}")
+                           f"(or these credentials cannot see it); create it first{make}")
     if not resume and _saved_state(plan):
         raise StorageError(
             f"{where}: a Tune experiment named '{plan.spec.name}' already exists at "

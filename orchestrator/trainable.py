@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
 
-__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter", "identify", "run_trial"]
+__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter", "fit_to_resources",
+           "identify", "run_trial"]
 
 # The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
 EPOCH_KEY = "epoch"
@@ -98,14 +99,29 @@ class TuneReporter:
         tune.report(result, checkpoint=checkpoint)
 
 
-def _trial_cpus() -> int:
+def _trial_resources() -> tuple[int, float] | None:
+    """(CPUs, GPUs) Ray gave this trial, or None outside a trial (a direct call in a test)."""
     from ray import tune
 
     try:
         resources = tune.get_context().get_trial_resources().required_resources
-    except Exception:  # noqa: BLE001 - outside a trial (direct call in a test): torch's default
-        return 0
-    return max(1, int(resources.get("CPU", 1)))
+    except Exception:  # noqa: BLE001 - outside a trial: torch's defaults
+        return None
+    return max(1, int(resources.get("CPU", 1))), float(resources.get("GPU", 0))
+
+
+def fit_to_resources(cfg: Any, cpus: int, gpus: float) -> Any:
+    """The trial's TrainConfig on what Ray gave it: torch threads = its CPUs, at most CPUs - 1
+    data-loader workers (the training process needs one), and the CPU when it was given no GPU
+    (`device: auto` would otherwise take a GPU of the node that Ray gave to another trial).
+    Ray makes a trial's GPUs, whole or a fraction, the only visible ones, so `cuda` is its own.
+    Only runtime keys change, which resuming a checkpoint does not compare (a retried trial may
+    land on a node of another kind)."""
+    data = cfg.data.model_copy(update={"num_workers": min(cfg.data.num_workers, cpus - 1)})
+    update: dict[str, Any] = {"threads": cpus, "data": data}
+    if gpus <= 0 and cfg.device == "auto":
+        update["device"] = "cpu"
+    return cfg.model_copy(update=update)
 
 
 def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = None,
@@ -118,11 +134,11 @@ def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = No
     from trainers.train import train
 
     trial = identify(config, search_base=search_base, smoke=smoke)
-    cpus = _trial_cpus()
     cfg = TrainConfig.model_validate(trial.config)
-    if cpus:
-        torch.set_num_threads(cpus)
-        cfg = cfg.model_copy(update={"threads": cpus})
+    given = _trial_resources()
+    if given is not None:
+        torch.set_num_threads(given[0])
+        cfg = fit_to_resources(cfg, *given)
     reporter: Any = TuneReporter()
     injected = parse_faults(faults)
     if injected and (trial.arm, trial.seed) in injected[0]:

@@ -346,3 +346,22 @@ def test_a_ray_client_address_is_refused_with_the_way_that_works(tmp_path, capsy
     err = capsys.readouterr().err
     assert "Ray Client (ray://) addresses are not supported" in err and "--address auto" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_trial_trains_on_what_ray_gave_it():
+    from orchestrator.trainable import fit_to_resources
+    from trainers.config import train_config_from_dict
+
+    cfg = train_config_from_dict({"data": {"name": "digits", "num_workers": 8}, "device": "auto"})
+    on_gpu = fit_to_resources(cfg, 4, 0.5)          # half a GPU, 4 CPUs
+    assert (on_gpu.device, on_gpu.threads, on_gpu.data.num_workers) == ("auto", 4, 3)
+    on_cpu = fit_to_resources(cfg, 1, 0)            # no GPU given: never take the node's GPU
+    assert (on_cpu.device, on_cpu.threads, on_cpu.data.num_workers) == ("cpu", 1, 0)
+    assert fit_to_resources(cfg.model_copy(update={"device": "cuda"}), 2, 1).device == "cuda"
+    # Only keys a checkpoint's resume does not compare change (a trial may resume elsewhere).
+    from trainers.train import _RUNTIME_KEYS
+    from orchestrator._flatten import flatten_config
+
+    for fitted in (on_gpu, on_cpu):
+        a, b = flatten_config(cfg.to_dict()), flatten_config(fitted.to_dict())
+        assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= _RUNTIME_KEYS
