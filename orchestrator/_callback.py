@@ -13,8 +13,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -67,9 +68,9 @@ class SinkCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
-        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
-                     "_last", "_best", "_epochs", "finished", "interrupted", "_started_ids",
-                     "_finished_ids", "_announced"):
+        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner",
+                     "_started_at", "_last", "_best", "_epochs", "finished", "interrupted",
+                     "_started_ids", "_finished_ids", "_announced"):
             state.pop(name, None)
         return state
 
@@ -137,7 +138,8 @@ class SinkCallback(Callback):
         """Keep a result's epoch, metrics and the best value of the spec's metric."""
         epoch = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
         metrics = {k: float(v) for k, v in result.items()
-                   if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   if k not in _TUNE_KEYS and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
         tid = trial.trial_id
         self._epochs[tid] = epoch
         self._last[tid] = metrics

@@ -13,9 +13,10 @@ whose overrides are exactly axis values gets those as its factors.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -102,7 +103,7 @@ def _read_table(directory: Path, name: str, reader) -> Any:
                           f"pass the sweep's own folder (<storage>/<name>/)")
     try:
         return reader(directory)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... if damaged
         raise ReportError(f"{path}: not a readable Parquet table ({type(exc).__name__}: "
                           f"{str(exc)[:160]}); {_FIX_TABLE}") from None
 
@@ -115,7 +116,7 @@ def _read_decisions(directory: Path) -> Any | None:
 
     try:
         return pq.read_table(path).to_pandas()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as in _read_table: any failure is a damaged file
         raise ReportError(f"{path}: not a readable Parquet table ({type(exc).__name__}); the "
                           f"arm scheduler's log: {_FIX_TABLE}, or move it aside to report "
                           f"without the rung of each stop") from None

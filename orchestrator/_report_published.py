@@ -37,7 +37,7 @@ class PublishedEntry(_Strict):
     arms: list[str] = Field(default_factory=list)
     note: str = ""
 
-    def published_gain(self, entries: dict[str, "PublishedEntry"]) -> float | None:
+    def published_gain(self, entries: dict[str, PublishedEntry]) -> float | None:
         if self.gain is not None:
             return self.gain
         base = entries.get(self.baseline) if self.baseline else None

@@ -26,7 +26,8 @@ How it fits Ray Tune 2.60 (see shared/ARM_SCHEDULER.md for the pitfalls):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler

@@ -11,8 +11,9 @@ trials long before their last epoch. Datasets whose size is unknown without scan
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator.plan import Plan
 

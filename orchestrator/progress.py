@@ -16,8 +16,9 @@ import math
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live

@@ -29,9 +29,10 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -298,7 +299,7 @@ def verdict_table(report: Report, max_rows: int = 15):
         table.add_column(col, justify=just, no_wrap=col != "verdict",
                          min_width=width if col == "arm" else None)
     styles = {"better": "green", "worse": "red"}
-    for label, r in zip(labels, rows):
+    for label, r in zip(labels, rows, strict=True):
         mean = "—" if r["state"] != "finished" else (
             _fmt(r["mean"]) + ("" if r["std"] != r["std"] else f" ± {_fmt(r['std'])}"))
         table.add_row(label, f"{r['n_completed']}/{r['n_stopped']}", mean,

@@ -16,9 +16,10 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from orchestrator.errors import ResumeError, SpecError, StorageError
 from orchestrator.events import Sink, TrialOutcome
@@ -267,8 +268,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     from ray import tune
 
     from orchestrator._callback import SinkCallback
-    from orchestrator.trainable import FAULT_ENV, run_trial
     from orchestrator.tracking import default_tracking_uri
+    from orchestrator.trainable import FAULT_ENV, run_trial
 
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -173,7 +174,7 @@ def holm(p_values: Sequence[float | None], alpha: float = ALPHA) -> list[float |
         return out
     _, adjusted, _, _ = multipletests([float(p_values[i]) for i in idx], alpha=alpha,
                                       method="holm")
-    for i, p in zip(idx, adjusted):
+    for i, p in zip(idx, adjusted, strict=True):
         out[i] = float(p)
     return out
 

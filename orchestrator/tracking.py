@@ -28,14 +28,16 @@ view (see `_mlflow_view`); `sweep_browse_url` builds the link that opens it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import re
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator import _mlflow_view
 from orchestrator._background import SerialWorker
@@ -214,10 +216,8 @@ class MlflowSink:
         worker = self._worker
         if worker is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # an earlier MLflow call failed: close() raises it
             worker.submit(self._finish, interrupted)
-        except RuntimeError:
-            pass  # an earlier MLflow call failed: close() raises that error
         worker.close()
 
     def _require_worker(self) -> SerialWorker:

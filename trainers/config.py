@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -73,7 +74,7 @@ def _knob_field(name: str, annotation: Any) -> tuple[Any, None]:
             KNOB_CHECKS[name](value)  # ValueError -> a validation error at model.locality.<name>
         return value
 
-    return Optional[Annotated[annotation, AfterValidator(check)]], None
+    return Annotated[annotation, AfterValidator(check)] | None, None
 
 
 # Locality FFN knobs over the model variant's (a field left None inherits the variant's value).
@@ -93,7 +94,7 @@ class ModelConfig(_Frozen):
     backbone: str = "localvit_micro"
     # "default": the variant's own locality (none for a plain backbone); null: no locality FFN;
     # a mapping: locality on, these knobs over the family's defaults.
-    locality: Union[Literal["default"], None, LocalityConfig] = "default"
+    locality: Literal["default"] | None | LocalityConfig = "default"
     drop_path: float | None = Field(default=None, ge=0.0, lt=1.0)
     # Architecture overrides passed to create_model (e.g. mlp_ratio: 6, num_heads: 4).
     arch: dict[str, Any] = Field(default_factory=dict)
@@ -200,7 +201,8 @@ def field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[s
             return []
         candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
         candidates += [a for c in list(candidates) for a in getattr(c, "__args__", ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                   None)
         if cls is None:
             return []
     return list(getattr(cls, "model_fields", {}))
@@ -245,7 +247,8 @@ def format_validation_error(
     return list(dict.fromkeys(lines))
 
 
-def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config") -> TrainConfig:
+def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config"
+                           ) -> TrainConfig:
     """Validate a nested mapping into a TrainConfig, raising ConfigError naming every bad key."""
     try:
         return TrainConfig.model_validate(dict(data or {}))

@@ -18,9 +18,9 @@ is what makes a resumed trial replay the uninterrupted one exactly.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -204,7 +204,8 @@ class SyntheticImages(Dataset):
     """
 
     def __init__(self, size: int, num_classes: int, img_size: int, offset: int):
-        self.size, self.num_classes, self.img_size, self.offset = size, num_classes, img_size, offset
+        self.size, self.num_classes = size, num_classes
+        self.img_size, self.offset = img_size, offset
 
     def __len__(self) -> int:
         return self.size

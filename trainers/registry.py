@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -241,8 +242,8 @@ def create_model(name: str, *, locality: Any = "default", num_classes: int = 100
 
     locality: "default" (the variant's own; none for a plain backbone), None (no locality FFN),
     or a mapping / trainers.config.LocalityConfig / LocalitySpec of knobs over the variant's (or,
-    for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio, num_heads,
-    depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
+    for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio,
+    num_heads, depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
     """
     row, fam, arch_obj, localities, size = _resolve(name, locality, img_size, arch)
     return fam.build(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -88,7 +89,8 @@ def check_patch_grid(img_size: int | tuple[int, int] | list[int], patch_size: in
 
 
 def init_vit_weights(module: nn.Module) -> None:
-    """The PVT / T2T authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms."""
+    """The PVT / T2T authors' init: truncated-normal Linear weights, zero biases, unit
+    LayerNorms."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

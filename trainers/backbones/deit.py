@@ -77,7 +77,8 @@ def _block_factory(*, depth: int, locality_at: frozenset[int], spec: LocalitySpe
 
 
 class LocalVisionTransformer(VisionTransformer):
-    """timm's VisionTransformer whose blocks listed in `locality_at` (0-based) are LocalityBlocks."""
+    """timm's VisionTransformer whose blocks listed in `locality_at` (0-based) are
+    LocalityBlocks."""
 
     def __init__(self, *, locality: LocalitySpec | None = None,
                  locality_at: frozenset[int] = frozenset(), **kwargs: Any) -> None:
