@@ -20,7 +20,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator.events import Sink, TrialInfo, TrialOutcome
+from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus
 from orchestrator.plan import PlannedTrial, trial_key
 from orchestrator.trainable import EPOCH_KEY, identify
 
@@ -91,7 +91,8 @@ class SinkCallback(Callback):
                 self._sinks.remove(sink)
 
     # -- Tune callback hooks -----------------------------------------------------------------------
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         self._reset_state()
         self._sinks = list(self._factory(**self._factory_kwargs))
         self._emit("start", **self._start_kwargs)
@@ -151,7 +152,8 @@ class SinkCallback(Callback):
                 self._best[tid] = value
         return epoch, metrics
 
-    def _outcome(self, trial: Any, status: str, reason: str, error: str = "") -> TrialOutcome:
+    def _outcome(self, trial: Any, status: TrialStatus, reason: str, error: str = ""
+                 ) -> TrialOutcome:
         p = self._planned(trial)
         tid = trial.trial_id
         last = self._last.get(tid, {})

@@ -13,6 +13,7 @@ whose overrides are exactly axis values gets those as its factors.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,7 @@ def _arms(spec: Mapping[str, Any], trials: Any, axes: Mapping[str, list[Any]]
     return tuple(arms)
 
 
-def load_sweep(directory: str | Path) -> SweepInputs:
+def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     """Read and check a sweep folder; ReportError (naming the file) if it cannot be reported."""
     from orchestrator.tables import read_epochs, read_trials
 

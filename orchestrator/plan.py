@@ -109,7 +109,9 @@ class Plan:
 
     @property
     def max_epochs(self) -> int:
-        configs = [t.config for t in self.trials] or [self.search_base]
+        configs = [t.config for t in self.trials]
+        if not configs and self.search_base is not None:
+            configs = [self.search_base]
         return max(c["train"]["epochs"] for c in configs)
 
 
@@ -178,7 +180,8 @@ def _design_points(spec: SweepSpec, source: str
                    ) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
     """(arm name, overrides, spec key path for error messages, axis factors) in naming-priority
     order."""
-    points = [("baseline", dict(spec.baseline), "baseline", {})]
+    points: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = [
+        ("baseline", dict(spec.baseline), "baseline", {})]
     short = _short_names(spec.axes)
     if spec.design == "ofat":
         points.append((spec.base_arm, {}, "base", {}))

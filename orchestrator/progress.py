@@ -177,6 +177,7 @@ class ProgressSink:
         return f"{key[:8]} {self._names.get(key, '?')}"
 
     def _line(self, message: str) -> None:
+        assert self.console is not None, "start() sets the console"
         stamp = time.strftime("%H:%M:%S")
         self.console.print(f"[{stamp}] {message}", markup=False, highlight=False, soft_wrap=True)
 

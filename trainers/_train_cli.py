@@ -21,7 +21,7 @@ import argparse
 import datetime as dt
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +142,10 @@ def resolve_cli_config(args: argparse.Namespace) -> TrainConfig:
     return train_config_from_dict(apply_overrides(base, overrides), source=source)
 
 
-def config_yaml_text(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
+def config_yaml_text(cfg: TrainConfig, prov: Mapping[str, Any] | None = None) -> str:
     """The resolved config as YAML, headed by comment lines with the git commit and versions."""
-    prov = prov if prov is not None else provenance()
+    if prov is None:
+        prov = provenance()
     vers = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     header = (
         "# Resolved TrainConfig of this run (python -m trainers.train), written at "

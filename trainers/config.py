@@ -17,7 +17,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -79,15 +79,21 @@ def _knob_field(name: str, annotation: Any) -> tuple[Any, None]:
 
 # Locality FFN knobs over the model variant's (a field left None inherits the variant's value).
 # Derived from LocalitySpec, so the knobs, their types and their allowed values live in one place.
-LocalityConfig = create_model(
-    "LocalityConfig",
-    __base__=_Frozen,
-    __doc__="Locality FFN knobs over the variant's; a field left None inherits the variant's "
-            "value. The fields and checks are LocalitySpec's (trainers/locality.py).",
-    __module__=__name__,
-    **{f.name: _knob_field(f.name, get_type_hints(LocalitySpec)[f.name])
-       for f in fields(LocalitySpec)},
-)
+if TYPE_CHECKING:
+    # What a type checker sees: a class it can use in annotations (create_model's result is a
+    # variable), whose fields (LocalitySpec's, made at run time) read as Any.
+    class LocalityConfig(_Frozen):
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    LocalityConfig = create_model(
+        "LocalityConfig",
+        __base__=_Frozen,
+        __doc__="Locality FFN knobs over the variant's; a field left None inherits the variant's "
+                "value. The fields and checks are LocalitySpec's (trainers/locality.py).",
+        __module__=__name__,
+        **{f.name: _knob_field(f.name, get_type_hints(LocalitySpec)[f.name])
+           for f in fields(LocalitySpec)},
+    )
 
 
 class ModelConfig(_Frozen):

@@ -16,7 +16,7 @@ import difflib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from torch import nn
 
@@ -102,13 +102,22 @@ _TNT_MICRO = TNTArch(patch_size=8, embed_dim=64, inner_dim=8, depth=4, num_heads
                      num_heads_inner=2)
 
 
+# The keyword groups _rows spreads into Variant(...), typed so that the checker sees each keyword.
+class _MicroKwargs(TypedDict):
+    drop_path_rate: float
+
+
+class _TokenKwargs(TypedDict):
+    token_locality: Mapping[str, Any]
+
+
 def _rows() -> list[Variant]:
     pvt_t, pvt_m = PVT_ARCHS["pvt_tiny"], PVT_ARCHS["pvt_micro"]
     t2t_7, t2t_m = T2T_ARCHS["t2t_vit_7"], T2T_ARCHS["t2t_vit_micro"]
     heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=4)
     heads8 = ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=8)
-    micro = dict(drop_path_rate=0.0)
-    tokens = dict(token_locality=_T2T_TOKENS)
+    micro = _MicroKwargs(drop_path_rate=0.0)
+    tokens = _TokenKwargs(token_locality=_T2T_TOKENS)
     return [
         # LocalViT table 5, DeiT rows (DeiT, Touvron et al. 2021, table 1).
         Variant("deit_tiny", "deit", _DEIT_TINY, 224, None, _DEIT_T, "vit_micro",

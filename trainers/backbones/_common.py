@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -15,10 +15,14 @@ from torch import nn
 from ..errors import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["ClassTokenClassifier", "apply_arch_overrides", "check_patch_grid", "default_cfg",
            "img_hw", "init_vit_weights", "locality_blocks"]
 
-A = TypeVar("A")
+# An architecture dataclass (ViTArch, SwinArch, ...).
+A = TypeVar("A", bound="DataclassInstance")
 
 
 def apply_arch_overrides(arch: A, overrides: Mapping[str, Any], *, model: str = "model") -> A:
@@ -118,6 +122,7 @@ class ClassTokenClassifier:
     head: nn.Module
     num_classes: int
     num_features: int
+    forward_features: Callable[[torch.Tensor], torch.Tensor]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -87,7 +87,7 @@ def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: in
         qkv_bias=arch.qkv_bias, drop_path_rate=drop_path_rate,
     )
     selected = locality_blocks(locality, num_blocks(arch))
-    if not selected:
+    if locality is None or not selected:  # (no locality selects no block)
         return model
     # The selected blocks are built from the builder's own arguments, as timm derives them.
     args = compat.swin_block_args(
@@ -105,5 +105,5 @@ def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: in
 
     index = 0
     for stage in model.layers:
-        index = compat.replace_blocks(stage.blocks, make, index)
+        index = compat.replace_blocks(stage.get_submodule("blocks"), make, index)
     return model

@@ -76,6 +76,7 @@ class LocalTNT(TNT):
         super().__init__(**kwargs)
         if not locality_at:
             return
+        assert locality is not None, "locality_at needs a locality spec"
         # The selected blocks are built from the model's own arguments, as timm derives them.
         args = compat.tnt_block_args(**{k: kwargs[k] for k in (
             "patch_size", "first_stride", "embed_dim", "inner_dim", "depth", "num_heads_inner",
