@@ -35,8 +35,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from timm.layers import Attention, Mlp
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[Callable[[], dict]] = []
     for pair in args.pairs:
         base, _, local = pair.partition(":")
-        jobs.append(lambda b=base, l=local: compare_models(b, l, img_size=args.img_size,
-                                                           **timing))
+        jobs.append(lambda b=base, loc=local: compare_models(b, loc, img_size=args.img_size,
+                                                             **timing))
     if not args.no_straightforward:
         jobs.append(lambda: compare_straightforward(img_size=args.img_size or 224, **timing))
         # A block step is ~1/20 of a model step: more rounds for the same noise.

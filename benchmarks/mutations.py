@@ -123,7 +123,8 @@ MUTATIONS: list[Mutation] = [
              '"val_ema/top1": ema_val["top1"]', '"val_ema/top1": val["top1"]',
              "val_ema/top1 reports the live model instead of the EMA weights"),
     Mutation("metrics-eval-in-train-mode", "trainers/_engine.py",
-             "    model.eval()\n    loss_sum, correct1", "    model.train()\n    loss_sum, correct1",
+             "    model.eval()\n    loss_sum, correct1",
+             "    model.train()\n    loss_sum, correct1",
              "evaluation runs with train-mode BatchNorm / dropout"),
     Mutation("seed-ignored-for-init", TRAIN,
              "_seed_everything(cfg.seed)", "_seed_everything(0)",
@@ -181,12 +182,15 @@ MUTATIONS: list[Mutation] = [
              "keep = max(1, len(ranked) // int(reduction_factor) - 1)",
              "a rung keeps fewer arms than the top 1/eta"),
     Mutation("halving-stops-reference-arms", "orchestrator/racing.py",
-             "        if arm in protected:\n            action, why = \"protected\", f\"reference arm",
-             "        if False:\n            action, why = \"protected\", f\"reference arm",
+             "        if arm in protected:\n"
+             "            action, why = \"protected\", (f\"reference arm",
+             "        if False:\n            action, why = \"protected\", (f\"reference arm",
              "the baseline and the base arm can be stopped like any other arm"),
     Mutation("arm-decides-on-arrived-seeds", "orchestrator/arm_scheduler.py",
-             "            if member in self._ended:\n                continue\n            return False",
-             "            if member in self._ended:\n                continue\n            continue",
+             "            if member in self._ended:\n                continue\n"
+             "            return False",
+             "            if member in self._ended:\n                continue\n"
+             "            continue",
              "a rung is decided on the seeds that have arrived, not the whole seed groups"),
 ]
 

@@ -40,7 +40,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # as the runner sets it: no Tune console tables
 
-from ray import tune  # noqa: E402  (after the environment it reads)
+from ray import tune
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| orchestrated #{i} | {r['sinks_wall_s']:.2f} | {r['ParquetSink_wall_s']:.2f} | "
               f"{r['MlflowSink_wall_s']:.2f} ({r['MlflowSink_cpu_s']:.2f}) | "
               f"{r['ProgressSink_wall_s']:.3f} | {r['sinks_wall_s'] / med('bare', 'wall_s'):.1%} |")
-    pairs = [o["wall_s"] / b["wall_s"] for (_, _, b), (_, _, o) in zip(rows[::2], rows[1::2])]
+    pairs = [o["wall_s"] / b["wall_s"]
+             for (_, _, b), (_, _, o) in zip(rows[::2], rows[1::2], strict=True)]
     print("\nwall ratio per (bare, orchestrated) pair: "
           + ", ".join(f"{p:.3f}" for p in pairs))
     ratio = med("orchestrated", "wall_s") / med("bare", "wall_s")

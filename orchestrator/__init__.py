@@ -35,11 +35,24 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from orchestrator.errors import PlanError, SpecError, SweepError
-    from orchestrator.plan import Plan, PlannedTrial, build_plan
-    from orchestrator.report import Report, write_report
-    from orchestrator.runner import SweepResult, run_sweep
-    from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
+    # `X as X`: an explicit re-export (PEP 484), which tells linters the import is used.
+    from orchestrator.errors import (
+        PlanError as PlanError,
+        SpecError as SpecError,
+        SweepError as SweepError,
+    )
+    from orchestrator.plan import (
+        Plan as Plan,
+        PlannedTrial as PlannedTrial,
+        build_plan as build_plan,
+    )
+    from orchestrator.report import Report as Report, write_report as write_report
+    from orchestrator.runner import SweepResult as SweepResult, run_sweep as run_sweep
+    from orchestrator.spec import (
+        SweepSpec as SweepSpec,
+        load_spec as load_spec,
+        spec_from_dict as spec_from_dict,
+    )
 
 
 def __getattr__(name: str) -> Any:

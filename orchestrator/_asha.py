@@ -43,8 +43,10 @@ class RecordingASHA(ASHAScheduler):
         if t is not None and self._metric in result and t < self._max_t:
             pending = self._pending_rung(trial.trial_id, t)
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and pending is not None and pending[1] is not None:
-            rung, cutoff = pending
+        rung, cutoff = pending if pending is not None else (0, None)
+        # (t and Ray's metric_op are set whenever there is a pending rung: said for the checker)
+        if (action == TrialScheduler.STOP and cutoff is not None and t is not None
+                and self._metric_op is not None):
             value = float(result[self._metric])
             # Ray compares metric_op * value; report both in the metric's own sign.
             shown_cutoff = cutoff * self._metric_op

@@ -13,13 +13,14 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator.events import Sink, TrialInfo, TrialOutcome
+from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus
 from orchestrator.plan import PlannedTrial, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
 
@@ -76,9 +77,9 @@ class SinkCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
-        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner", "_started_at",
-                     "_last", "_best", "_epochs", "finished", "interrupted", "_started_ids",
-                     "_finished_ids", "_announced"):
+        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner",
+                     "_started_at", "_last", "_best", "_epochs", "finished", "interrupted",
+                     "_started_ids", "_finished_ids", "_announced"):
             state.pop(name, None)
         return state
 
@@ -99,7 +100,8 @@ class SinkCallback(Callback):
                 self._sinks.remove(sink)
 
     # -- Tune callback hooks -----------------------------------------------------------------------
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         self._reset_state()
         self._sinks = list(self._factory(**self._factory_kwargs))
         self._emit("start", **self._start_kwargs)
@@ -146,7 +148,8 @@ class SinkCallback(Callback):
         """Keep a result's epoch, metrics and the best value of the spec's metric."""
         epoch = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
         metrics = {k: float(v) for k, v in result.items()
-                   if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   if k not in _TUNE_KEYS and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
         tid = trial.trial_id
         self._epochs[tid] = epoch
         self._last[tid] = metrics
@@ -158,7 +161,8 @@ class SinkCallback(Callback):
                 self._best[tid] = value
         return epoch, metrics
 
-    def _outcome(self, trial: Any, status: str, reason: str, error: str = "") -> TrialOutcome:
+    def _outcome(self, trial: Any, status: TrialStatus, reason: str, error: str = ""
+                 ) -> TrialOutcome:
         p = self._planned(trial)
         tid = trial.trial_id
         last = self._last.get(tid, {})

@@ -7,7 +7,8 @@ trials.parquet and a param of an MLflow run can be matched by name.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["flatten_config", "encode_value"]
 

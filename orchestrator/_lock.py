@@ -59,7 +59,7 @@ class DriverLock:
             os.close(self._fd)          # closing releases the flock
             self._fd = None
 
-    def __enter__(self) -> "DriverLock":
+    def __enter__(self) -> DriverLock:
         self.acquire()
         return self
 

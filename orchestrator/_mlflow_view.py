@@ -25,6 +25,7 @@ metric column is the last reported value: for an early-stopped trial, the value 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -66,10 +67,8 @@ def trials_view_tag(metric: str, mode: str, existing: str | None = None) -> str:
     """The tag value: the saved-view envelope around the state (its creation time kept)."""
     now = int(time.time() * 1000)
     created = now
-    try:
+    with contextlib.suppress(ValueError, TypeError, KeyError):
         created = int(json.loads(existing)["createdAt"]) if existing else now
-    except (ValueError, TypeError, KeyError):
-        pass
     return json.dumps({"name": VIEW_NAME, "createdAt": created, "updatedAt": now,
                        "state": json.dumps(trials_view_state(metric, mode))})
 

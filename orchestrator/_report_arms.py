@@ -161,7 +161,7 @@ def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
     # survivors look more significant than the full study would.
     stopped = sum(1 for r in rows if r["state"] == "stopped" and r["baseline"])
     adjusted = stats.holm([r["comparison"].p_value for r in tested] + [1.0] * stopped, alpha)
-    for row, p in zip(tested, adjusted):
+    for row, p in zip(tested, adjusted, strict=False):  # the stopped arms' p = 1 come last
         row["p_holm"] = p
         row["verdict"] = stats.verdict(row["comparison"].diff_mean, p, inputs.mode, alpha)
     for row in rows:

@@ -13,9 +13,11 @@ whose overrides are exactly axis values gets those as its factors.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -102,7 +104,7 @@ def _read_table(directory: Path, name: str, reader) -> Any:
                           f"pass the sweep's own folder (<storage>/<name>/)")
     try:
         return reader(directory)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... if damaged
         raise ReportError(f"{path}: not a readable Parquet table ({type(exc).__name__}: "
                           f"{str(exc)[:160]}); {_FIX_TABLE}") from None
 
@@ -115,7 +117,7 @@ def _read_decisions(directory: Path) -> Any | None:
 
     try:
         return pq.read_table(path).to_pandas()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as in _read_table: any failure is a damaged file
         raise ReportError(f"{path}: not a readable Parquet table ({type(exc).__name__}); the "
                           f"arm scheduler's log: {_FIX_TABLE}, or move it aside to report "
                           f"without the rung of each stop") from None
@@ -162,7 +164,7 @@ def _arms(spec: Mapping[str, Any], trials: Any, axes: Mapping[str, list[Any]]
     return tuple(arms)
 
 
-def load_sweep(directory: str | Path) -> SweepInputs:
+def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     """Read and check a sweep folder; ReportError (naming the file) if it cannot be reported."""
     from orchestrator.tables import read_epochs, read_trials
 

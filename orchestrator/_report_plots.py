@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -101,7 +102,7 @@ def curve_plot(df: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame, met
     nrows = math.ceil(len(rows) / ncols)
     fig = _figure(3.1 * ncols, 2.3 * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
-    for ax, r in zip(axes.flat, rows):
+    for ax, r in zip(axes.flat, rows, strict=False):  # the grid may have spare panels
         ref = _curves(epochs, keys.get(r["baseline"], []), metric) if r["baseline"] else None
         if ref is not None:
             ax.plot(ref["epoch"], ref["mean"], "--", color="0.55", lw=1,
@@ -177,7 +178,7 @@ def search_plots(ranked: pd.DataFrame, kinds: dict[str, str], epochs: pd.DataFra
         fig = _figure(3.6 * ncols, 2.9 * nrows + 0.3)
         axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
         done = ranked["status"] == "completed"
-        for ax, key in zip(axes.flat, keys):
+        for ax, key in zip(axes.flat, keys, strict=False):  # the grid may have spare panels
             x = ranked[key]
             if not pd.api.types.is_numeric_dtype(x):
                 cats = sorted({str(v) for v in x})

@@ -9,6 +9,7 @@ no baseline top-1). Published values are in percent; our metric is a fraction, s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +38,7 @@ class PublishedEntry(_Strict):
     arms: list[str] = Field(default_factory=list)
     note: str = ""
 
-    def published_gain(self, entries: dict[str, "PublishedEntry"]) -> float | None:
+    def published_gain(self, entries: dict[str, PublishedEntry]) -> float | None:
         if self.gain is not None:
             return self.gain
         base = entries.get(self.baseline) if self.baseline else None
@@ -57,7 +58,7 @@ class Published(_Strict):
         return {e.model: e for e in self.entries}
 
 
-def load_published(path: str | Path) -> Published:
+def load_published(path: str | os.PathLike[str]) -> Published:
     """Read and validate a published-results file; ReportError naming the file and key."""
     from orchestrator._yaml import read_yaml
     from orchestrator.errors import SpecError

@@ -9,8 +9,8 @@ best value of a column, as in the paper's tables). Renderers escape what their f
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 __all__ = ["Cell", "Document", "Figure", "Table", "to_html", "to_latex", "to_markdown"]
 
@@ -39,7 +39,7 @@ class Figure:
     caption: str
 
 
-Block = Union[str, Table, Figure, tuple]          # tuple: ("h", level, text)
+Block = str | Table | Figure | tuple          # tuple: ("h", level, text)
 
 
 @dataclass
@@ -149,6 +149,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;
 
 
 def _html_table(t: Table) -> list[str]:
+    # Not strict: a cell beyond the alignment string is dropped, as it always was.
     cls = ["r" if a == "r" else "l" for a in t.alignment()]
 
     def cell(c: Cell, k: str) -> str:
@@ -156,9 +157,11 @@ def _html_table(t: Table) -> list[str]:
         return f'<td class="{k}">' + (f"<b>{text}</b>" if c.bold and text else text) + "</td>"
 
     out = ['<div class="wide"><table>', f"<caption>{html.escape(t.title)}</caption>", "<thead><tr>"
-           + "".join(f'<th class="{k}">{html.escape(c)}</th>' for c, k in zip(t.columns, cls))
+           + "".join(f'<th class="{k}">{html.escape(c)}</th>'
+                     for c, k in zip(t.columns, cls, strict=False))
            + "</tr></thead>", "<tbody>"]
-    out += ["<tr>" + "".join(cell(c, k) for c, k in zip(row, cls)) + "</tr>" for row in t.rows]
+    out += ["<tr>" + "".join(cell(c, k) for c, k in zip(row, cls, strict=False)) + "</tr>"
+            for row in t.rows]
     out += ["</tbody>", "</table></div>"]
     if t.notes:
         out += ['<ul class="notes">'] + [f"<li>{html.escape(n)}</li>" for n in t.notes] + ["</ul>"]

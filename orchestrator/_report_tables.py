@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -97,7 +98,7 @@ def _direction(inputs: SweepInputs) -> str:
 def short_names(keys: Sequence[str]) -> dict[str, str]:
     """`model.locality.act` -> `act`, unless two keys share a last part (then the full key)."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
 def render_value(value: Any) -> str:

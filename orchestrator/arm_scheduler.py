@@ -26,7 +26,8 @@ How it fits Ray Tune 2.60 (see shared/ARM_SCHEDULER.md for the pitfalls):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
@@ -43,6 +44,7 @@ class ArmScheduler(TrialScheduler):
     """Successive halving (or a paired-test race) over arms; see the module docstring."""
 
     _supports_buffered_results = False
+    _metric: str  # given to __init__ (TrialScheduler's may be None until Tune sets it)
 
     def __init__(self, *, metric: str, mode: str, time_attr: str, max_t: int,
                  grace_period: int, reduction_factor: float, rule: str = "halving",

@@ -11,8 +11,9 @@ trials long before their last epoch. Datasets whose size is unknown without scan
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator.plan import Plan
 
@@ -70,7 +71,9 @@ def _model_macs(cfg: Mapping[str, Any], cache: dict[str, int]) -> tuple[str, int
 
 
 def estimate_plan(plan: Plan) -> Estimate:
-    configs = [t.config for t in plan.trials] or [plan.search_base] * plan.num_trials
+    configs = [t.config for t in plan.trials]
+    if not configs and plan.search_base is not None:
+        configs = [plan.search_base] * plan.num_trials
     cache: dict[str, int] = {}
     per_model: dict[str, tuple[int, int]] = {}
     total = 0.0

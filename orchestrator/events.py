@@ -9,8 +9,9 @@ a second MLflow run or a second set of Parquet rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = ["TrialInfo", "TrialOutcome", "Sink", "TrialStatus"]
 

@@ -25,8 +25,9 @@ import difflib
 import hashlib
 import itertools
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,7 +35,8 @@ from orchestrator.errors import PlanError
 from orchestrator.spec import SweepSpec
 from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
 
-__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "reported_metrics", "resolve_sample", "trial_key"]
+__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "reported_metrics", "resolve_sample",
+           "trial_key"]
 
 # Execution-only settings: they do not change what a trial computes, so they stay out of its key
 # (the same study on a laptop and on a cluster has the same trial keys).
@@ -107,7 +109,9 @@ class Plan:
 
     @property
     def max_epochs(self) -> int:
-        configs = [t.config for t in self.trials] or [self.search_base]
+        configs = [t.config for t in self.trials]
+        if not configs and self.search_base is not None:
+            configs = [self.search_base]
         return max(c["train"]["epochs"] for c in configs)
 
 
@@ -149,7 +153,7 @@ def _short_names(keys: Iterable[str]) -> dict[str, str]:
     """`model.locality.act` -> `act`, unless two axes share a last part (then the full key)."""
     keys = list(keys)
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
 def _label(short: str, value: Any) -> str:
@@ -161,7 +165,8 @@ def _label(short: str, value: Any) -> str:
 # ----------------------------------------------------------------------------------- resolution
 
 def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """base + dotted overrides -> validated TrainConfig dict; PlanError naming `where` if invalid."""
+    """base + dotted overrides -> validated TrainConfig dict; PlanError naming `where` if
+    invalid."""
     data = apply_overrides(base, overrides)
     try:
         cfg = TrainConfig.model_validate(data)
@@ -171,10 +176,12 @@ def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) 
     return cfg.to_dict()
 
 
-def _design_points(spec: SweepSpec, source: str) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+def _design_points(spec: SweepSpec, source: str
+                   ) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
     """(arm name, overrides, spec key path for error messages, axis factors) in naming-priority
     order."""
-    points = [("baseline", dict(spec.baseline), "baseline", {})]
+    points: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = [
+        ("baseline", dict(spec.baseline), "baseline", {})]
     short = _short_names(spec.axes)
     if spec.design == "ofat":
         points.append((spec.base_arm, {}, "base", {}))
@@ -185,9 +192,10 @@ def _design_points(spec: SweepSpec, source: str) -> list[tuple[str, dict[str, An
     elif spec.axes:
         keys = list(spec.axes)
         for combo in itertools.product(*(list(enumerate(spec.axes[k])) for k in keys)):
-            name = ",".join(_label(short[k], v) for k, (_, v) in zip(keys, combo))
-            where = "axes (" + ", ".join(f"{k}[{i}]" for k, (i, _) in zip(keys, combo)) + ")"
-            factors = {k: v for k, (_, v) in zip(keys, combo)}
+            name = ",".join(_label(short[k], v) for k, (_, v) in zip(keys, combo, strict=True))
+            where = ("axes ("
+                     + ", ".join(f"{k}[{i}]" for k, (i, _) in zip(keys, combo, strict=True)) + ")")
+            factors = {k: v for k, (_, v) in zip(keys, combo, strict=True)}
             points.append((name, factors, where, dict(factors)))
     auto = {name for name, _, _, _ in points}
     for name, overrides in spec.arms.items():

@@ -16,8 +16,9 @@ import math
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -176,6 +177,7 @@ class ProgressSink:
         return f"{key[:8]} {self._names.get(key, '?')}"
 
     def _line(self, message: str) -> None:
+        assert self.console is not None, "start() sets the console"
         stamp = time.strftime("%H:%M:%S")
         self.console.print(f"[{stamp}] {message}", markup=False, highlight=False, soft_wrap=True)
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Mapping, Sequence
 
 __all__ = [
     "DECISIONS_FILE",
@@ -159,7 +159,8 @@ def decide_halving(*, rung: int, milestone: int, values: Mapping[str, Mapping[in
         d, sd, t, p = _diff_stats(diffs, margin)
         mean = means[arm]
         if arm in protected:
-            action, why = "protected", f"reference arm: never stopped (rank {rank + 1} of {len(ranked)})"
+            action, why = "protected", (f"reference arm: never stopped (rank {rank + 1} of "
+                                        f"{len(ranked)})")
         elif not math.isfinite(mean):
             action, why = "stop", (f"arm: {arm} diverged: {metric} is not finite at rung-{rung} "
                                    f"(epoch {milestone})")

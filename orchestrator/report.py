@@ -29,9 +29,10 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -39,6 +40,9 @@ from orchestrator import stats
 from orchestrator._report_arms import ARMS_CSV_COLUMNS, arm_rows
 from orchestrator._report_inputs import ReportError, SweepInputs, load_sweep
 from orchestrator._report_render import Document, Figure, to_html, to_latex, to_markdown
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 __all__ = ["ARMS_CSV_COLUMNS", "REPORT_DIR", "Report", "ReportError", "main", "verdict_table",
            "write_report"]
@@ -265,6 +269,7 @@ def verdict_table(report: Report, max_rows: int = 15):
     from orchestrator._report_tables import fmt_p
 
     if report.kind == "search":
+        assert report.search is not None, "a search report has its SearchResult"
         ranked = report.search.ranked
         keys = [c for c in ranked.columns if c not in
                 ("rank", "trial_key", "status", "epochs_run", "metric_final", "metric_best",
@@ -293,12 +298,14 @@ def verdict_table(report: Report, max_rows: int = 15):
     rows = report.arms.to_dict("records")
     labels = [r["arm"] + (f"\n  vs {r['baseline']}" if r["baseline"] else "") for r in rows]
     width = max((len(line) for label in labels for line in label.split("\n")), default=3)
-    for col, just in (("arm", "left"), ("n", "right"), ("mean ± std", "right"),
-                      ("diff", "right"), ("p (Holm)", "right"), ("verdict", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("arm", "left"), ("n", "right"), ("mean ± std", "right"), ("diff", "right"),
+        ("p (Holm)", "right"), ("verdict", "left"))
+    for col, just in columns:
         table.add_column(col, justify=just, no_wrap=col != "verdict",
                          min_width=width if col == "arm" else None)
     styles = {"better": "green", "worse": "red"}
-    for label, r in zip(labels, rows):
+    for label, r in zip(labels, rows, strict=True):
         mean = "—" if r["state"] != "finished" else (
             _fmt(r["mean"]) + ("" if r["std"] != r["std"] else f" ± {_fmt(r['std'])}"))
         table.add_row(label, f"{r['n_completed']}/{r['n_stopped']}", mean,

@@ -16,9 +16,10 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from orchestrator.errors import ResumeError, SpecError, StorageError
 from orchestrator.events import Sink, TrialOutcome
@@ -245,6 +246,7 @@ def _search_alg(plan: Plan) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = plan.spec.search.num_samples
+    sampler: optuna.samplers.BaseSampler
     if optuna_spec.sampler == "tpe":
         # TPE models the results after a few random start-up trials; scale those to the budget.
         sampler = optuna.samplers.TPESampler(seed=optuna_spec.seed,
@@ -319,8 +321,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     from ray import tune
 
     from orchestrator._callback import SinkCallback
-    from orchestrator.trainable import FAULT_ENV, run_trial
     from orchestrator.tracking import default_tracking_uri
+    from orchestrator.trainable import FAULT_ENV, run_trial
 
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
@@ -370,9 +372,11 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     # On restore Tune rebuilds the callback from its saved experiment and the scheduler from
     # tuner.pkl (two separate copies): use those instances, and let the callback read the stop
     # reasons of the scheduler that really runs.
-    callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks
+    local = tuner._local_tuner
+    assert local is not None, "the Tuner runs in this process (not through Ray Client)"
+    callback = next(cb for cb in local.get_run_config().callbacks or ()
                     if isinstance(cb, SinkCallback))
-    callback.attach_scheduler(tuner._local_tuner._tune_config.scheduler)
+    callback.attach_scheduler(local._tune_config.scheduler)
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:

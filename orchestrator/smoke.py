@@ -16,7 +16,8 @@ and learns, before paying for it.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from orchestrator.spec import SchedulerSpec, SweepSpec
 
@@ -40,7 +41,8 @@ _SIZE_KEYS = ("depth", "depths", "embed_dim", "embed_dims", "num_heads", "patch_
 
 
 def _layer_map(block: int, depth_from: int, depth_to: int) -> int:
-    """1-based block of a `depth_from` model -> the block at the same relative depth of `depth_to`."""
+    """1-based block of a `depth_from` model -> the block at the same relative depth of
+    `depth_to`."""
     return max(1, min(depth_to, math.ceil(block * depth_to / depth_from)))
 
 
@@ -91,7 +93,8 @@ def shrink_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def shrink_spec(spec: SweepSpec) -> SweepSpec:
-    """The run-level part of --smoke: 1 CPU per trial, no GPU, the first seed, few samples, quick ASHA."""
+    """The run-level part of --smoke: 1 CPU per trial, no GPU, the first seed, few samples, quick
+    ASHA."""
     search = spec.search
     update: dict[str, Any] = {}
     if search.asha is not None:

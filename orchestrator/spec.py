@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -101,7 +102,7 @@ class DomainSpec(_Strict):
     randint: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "DomainSpec":
+    def _exactly_one(self) -> DomainSpec:
         given = [k for k in _DOMAINS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(_DOMAINS)} (got {given or 'none'})")
@@ -127,10 +128,10 @@ class SearchSpec(_Strict):
     metric: str = "val/top1"
     mode: Literal["max", "min"] = "max"
     # `none` (or null) runs every trial to train.epochs; {asha: {...}} stops hopeless ones early.
-    scheduler: Union[Literal["none"], None, SchedulerSpec] = None
+    scheduler: Literal["none"] | None | SchedulerSpec = None
     # Hyper-parameters to search (dotted TrainConfig keys); empty for a planned design.
     space: dict[str, DomainSpec] = Field(default_factory=dict)
-    algorithm: Union[Literal["none"], None, AlgorithmSpec] = None
+    algorithm: Literal["none"] | None | AlgorithmSpec = None
     # Samples drawn from `space` (each grid point counts once per sample without an algorithm).
     num_samples: int = Field(default=1, gt=0, le=100_000)
 
@@ -252,7 +253,8 @@ def _check_train_key(dotted: str) -> str | None:
     return f"unknown trial config key '{dotted}'; {fix}"
 
 
-# Spec sections whose keys are themselves dotted TrainConfig keys: `--set axes.model.locality.act=[hs]`
+# Spec sections whose keys are themselves dotted TrainConfig keys:
+# `--set axes.model.locality.act=[hs]`
 # addresses the axis `model.locality.act`, not a nested mapping.
 _FLAT_SECTIONS = (("axes",), ("baseline",), ("search", "space"))
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -167,13 +168,13 @@ def holm(p_values: Sequence[float | None], alpha: float = ALPHA) -> list[float |
     None or NaN entries are not tests and stay None."""
     from statsmodels.stats.multitest import multipletests
 
-    idx = [i for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
+    tested = [(i, p) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
     out: list[float | None] = [None] * len(p_values)
-    if not idx:
+    if not tested:
         return out
-    _, adjusted, _, _ = multipletests([float(p_values[i]) for i in idx], alpha=alpha,
+    _, adjusted, _, _ = multipletests([float(p) for _, p in tested], alpha=alpha,
                                       method="holm")
-    for i, p in zip(idx, adjusted):
+    for (i, _), p in zip(tested, adjusted, strict=True):
         out[i] = float(p)
     return out
 

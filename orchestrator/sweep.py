@@ -12,9 +12,10 @@ in which case nothing was created or launched. `--set` takes spec-level dotted k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from orchestrator.errors import SweepError
 
@@ -180,11 +181,9 @@ def _print_summary(plan, result, spec_path, console, err) -> None:
                   soft_wrap=True)
     console.print(f"Browse:   {mlflow_ui_command(result.tracking_uri)}", markup=False,
                   highlight=False, soft_wrap=True)
-    try:
+    with contextlib.suppress(Exception):  # no store to link to (e.g. an unreachable server)
         console.print(f"Open:     {sweep_browse_url(result.tracking_uri, plan.spec.name)}",
                       markup=False, highlight=False, soft_wrap=True)
-    except Exception:  # noqa: BLE001 - no store to link to (e.g. an unreachable server)
-        pass
     for msg in result.sink_errors:
         err.print(f"result sink error: {msg}", markup=False, soft_wrap=True)
     if any(msg.startswith("MlflowSink.") for msg in result.sink_errors):

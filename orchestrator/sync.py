@@ -24,9 +24,10 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from orchestrator.errors import SweepError
 
@@ -101,9 +102,11 @@ def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sync",
-                                description="Bring MLflow up to date from a sweep's Parquet tables.")
-    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="run.storage/NAME, e.g. sweeps/quickstart")
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sync",
+        description="Bring MLflow up to date from a sweep's Parquet tables.")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                   help="run.storage/NAME, e.g. sweeps/quickstart")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else the sweep's "
                         "sqlite store beside it)")

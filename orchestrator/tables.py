@@ -31,8 +31,9 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,7 +131,8 @@ def _write_table(path: Path, table: pa.Table) -> None:
 
 def spec_yaml_text(spec: Mapping[str, Any], prov: Mapping[str, Any] | None = None) -> str:
     """The resolved spec as YAML, headed by comment lines with the git commit and versions."""
-    prov = prov if prov is not None else provenance()
+    if prov is None:
+        prov = provenance()
     vers = ", ".join(f"{k} {v}" for k, v in dict(prov.get("versions") or {}).items())
     header = (
         "# Resolved sweep spec, written at "
@@ -187,7 +189,7 @@ class ParquetSink:
         self._sweep = ""
         self._metric = ""
         self._mode = "max"
-        self._prov: dict[str, Any] = {}
+        self._prov: Mapping[str, Any] = {}
         self._infos: dict[str, TrialInfo] = {}
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}

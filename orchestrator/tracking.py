@@ -28,14 +28,16 @@ view (see `_mlflow_view`); `sweep_browse_url` builds the link that opens it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import re
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator import _mlflow_view
 from orchestrator._background import SerialWorker
@@ -215,10 +217,8 @@ class MlflowSink:
         worker = self._worker
         if worker is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # an earlier MLflow call failed: close() raises it
             worker.submit(self._finish, interrupted)
-        except RuntimeError:
-            pass  # an earlier MLflow call failed: close() raises that error
         worker.close()
 
     def _require_worker(self) -> SerialWorker:
@@ -226,12 +226,18 @@ class MlflowSink:
             raise RuntimeError("MlflowSink.start() must be called before trial events")
         return self._worker
 
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("MlflowSink has no parent run: its start() did not complete")
+        return self.parent_run_id
+
     # -- the MLflow calls, on the worker thread ---------------------------------------------------
     def _start(self, sweep_name: str, spec: Mapping[str, Any], metric: str, mode: str,
                total_trials: int | None) -> None:
         from mlflow import MlflowClient  # imported here: ~3 s, and only the driver needs it
 
         _quiet_mlflow()
+        assert self.tracking_uri is not None, "start() sets it before queueing this call"
         db = _sqlite_path(self.tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -290,7 +296,7 @@ class MlflowSink:
         client = self._client
         tags = {
             **{str(k): str(v) for k, v in info.tags.items()},
-            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self._sweep,
+            "mlflow.parentRunId": self._require_parent(), SWEEP_TAG: self._sweep,
             ROLE_TAG: "trial", "trial_key": info.key, "arm": info.arm, "seed": str(info.seed),
             "backbone": info.backbone, "status": "running", "stop_reason": "",
         }
@@ -377,7 +383,7 @@ class MlflowSink:
                                     "stop_reason": "the driver stopped before the trial finished"})
             self._client.set_terminated(run_id, "KILLED")
         self._open.clear()
-        self._set_tags(self.parent_run_id,
+        self._set_tags(self._require_parent(),
                        {"sweep_status": "interrupted" if interrupted else "finished"})
         self._client.set_terminated(self.parent_run_id, "KILLED" if interrupted else "FINISHED")
 

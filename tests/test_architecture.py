@@ -62,7 +62,8 @@ LVT_S_STAGE = Stage(16, _S, 12, 8, 4.0)
 # PVT-Tiny (PVT v1 table 1): patch 4,2,2,2; dims 64,128,320,512; heads 1,2,5,8; MLP 8,8,4,4;
 # depth 2 each; spatial reduction 8,4,2,1. LocalViT-PVT: gamma = MLP ratio, SE hidden = gamma.
 PVT_T = tuple(Stage(p, d, 2, h, r, (("sr", s),)) for p, d, h, r, s in
-              zip((4, 2, 2, 2), (64, 128, 320, 512), (1, 2, 5, 8), (8, 8, 4, 4), (8, 4, 2, 1)))
+              zip((4, 2, 2, 2), (64, 128, 320, 512), (1, 2, 5, 8), (8, 8, 4, 4), (8, 4, 2, 1),
+                  strict=True))
 LVT_PVT = tuple(FFN(g, g, "hs+se") for g in (8, 8, 4, 4))
 # TNT-T: patch 16, outer 192 / inner 12, 12 blocks, 3 + 3 heads, MLP 4 inside and out, no qkv
 # bias; LocalViT-TNT replaces the outer MLP only.
@@ -75,12 +76,13 @@ T2T_TOKEN_FFN = FFN(1, None, "hs")             # the token layers' own locality 
 # Swin-T (Swin table 1): patch 4, dims 96..768, depths 2,2,6,2, heads 3,6,12,24, window 7;
 # LocalViT-Swin: reduction dim/4, so SE hidden = 4 * dim // (dim / 4) = 16.
 SWIN_T = tuple(Stage(p, d, n, h, 4.0, (("window", 7),)) for p, d, n, h in
-               zip((4, 2, 2, 2), (96, 192, 384, 768), (2, 2, 6, 2), (3, 6, 12, 24)))
+               zip((4, 2, 2, 2), (96, 192, 384, 768), (2, 2, 6, 2), (3, 6, 12, 24), strict=True))
 
 # The CPU sizes (trainers/registry.py): 16 px ViT in 4 px patches, 32 px for the others.
 VIT_M = Stage(4, 64, 4, 2, 4.0)
 PVT_M = tuple(Stage(p, d, 1, h, r, (("sr", s),)) for p, d, h, r, s in
-              zip((2, 2, 2, 2), (32, 48, 64, 96), (1, 2, 2, 4), (4, 4, 2, 2), (4, 2, 1, 1)))
+              zip((2, 2, 2, 2), (32, 48, 64, 96), (1, 2, 2, 4), (4, 4, 2, 2), (4, 2, 1, 1),
+                  strict=True))
 TNT_M = Stage(8, 64, 4, 2, 4.0, (("inner_dim", 8), ("inner_heads", 2), ("inner_mlp", 4.0)))
 T2T_M = Stage(None, 64, 4, 2, 2.0)
 T2T_M_SPLITS = ((3, 2, 1), (3, 2, 1), (3, 1, 1))
@@ -223,7 +225,8 @@ def test_architecture_matches_the_table(name):
     stages = read_stages(name, model)
     assert len(stages) == len(want.stages), "number of stages"
     ffns = want.ffn if isinstance(want.ffn, tuple) else (want.ffn,) * len(want.stages)
-    for i, ((patch, dim, blocks), stage, ffn) in enumerate(zip(stages, want.stages, ffns)):
+    for i, ((patch, dim, blocks), stage, ffn) in enumerate(
+            zip(stages, want.stages, ffns, strict=True)):
         where = f"{name} stage {i + 1}"
         if stage.patch is not None:
             assert patch == stage.patch, f"{where}: patch"

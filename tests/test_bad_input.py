@@ -79,9 +79,9 @@ CASES = {
     "more CPUs than the machine": (edit("resources_per_trial: {cpu: 1}",
                                         "resources_per_trial: {cpu: 1000}"), [],
                                    "run.resources_per_trial: a trial asks for 1000 CPU"),
-    "a GPU on a machine without one": (edit("resources_per_trial: {cpu: 1}",
-                                            "resources_per_trial: {cpu: 1, gpu: 64}"), [],
-                                       "run.resources_per_trial: a trial asks for 1 CPU and 64 GPU"),
+    "a GPU on a machine without one": (
+        edit("resources_per_trial: {cpu: 1}", "resources_per_trial: {cpu: 1, gpu: 64}"), [],
+        "run.resources_per_trial: a trial asks for 1 CPU and 64 GPU"),
     "zero concurrency": (edit("max_concurrent: 2", "max_concurrent: 0"), [], "run.max_concurrent"),
     "a name that climbs out of the storage": (edit("name: quickstart", "name: ../../escape"), [],
                                               "name: must be letters, digits"),

@@ -6,7 +6,6 @@ import pytest
 
 from trainers.config import (
     ConfigError,
-    TrainConfig,
     apply_overrides,
     parse_set_args,
     train_config_from_dict,

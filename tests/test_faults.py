@@ -11,13 +11,14 @@ baseline's after epoch 1 and again after epoch 2 of its retry (max_failures 1: f
 import contextlib
 import io
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from orchestrator.sweep import main
-from tiny_study import two_arm_spec
 from orchestrator.trainable import FAULT_ENV, parse_faults
+from tiny_study import two_arm_spec
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,7 +71,7 @@ def test_a_retried_trial_resumes_and_a_failing_one_is_recorded(ray_session, tmp_
     assert failed.info.status == "FAILED" and failed.data.tags["status"] == "failed"
     assert "InjectedFault" in failed.data.tags["stop_reason"]
     path = client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))
-    text = open(path).read()
+    text = Path(path).read_text()
     # Ray's traceback of the trial, uncoloured: the raising line and the exception.
     assert 'File "' in text and "raise InjectedFault" in text and "\x1b[" not in text
     assert text.rstrip().endswith("injected fault 2 of 2 after epoch 2 of baseline/seed0")

@@ -1,4 +1,5 @@
-"""The locality FFN block on its own: shapes, prefix tokens, grids, knobs and their parameter counts."""
+"""The locality FFN block on its own: shapes, prefix tokens, grids, knobs and their parameter
+counts."""
 
 import math
 
@@ -135,7 +136,8 @@ def test_merge_locality_semantics():
     assert merge_locality(family, variant, "default") is variant
     assert merge_locality(family, None, "default") is None
     assert merge_locality(family, variant, None) is None
-    assert merge_locality(family, None, {"act": "relu6"}) == LocalitySpec(act="relu6", reduction=192)
+    assert merge_locality(family, None, {"act": "relu6"}) == LocalitySpec(act="relu6",
+                                                                          reduction=192)
     assert merge_locality(family, variant, {"layers": [1, 2]}).layers == (1, 2)
     with pytest.raises(ModelConfigError, match="valid knobs"):
         merge_locality(family, None, {"gamma": 2})

@@ -10,6 +10,7 @@ saved in the test's temp dir. Needs selenium and Debian's `chromium` + `chromium
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -160,10 +161,8 @@ def _stop_group(proc: subprocess.Popen) -> None:
                 break
             except subprocess.TimeoutExpired:
                 continue
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Parameter and MAC counting (closed forms, attention and depth-wise convs included) and the CLI."""
+"""Parameter and MAC counting (closed forms, attention and depth-wise convs included) and the
+CLI."""
 
 import json
 import types

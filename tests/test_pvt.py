@@ -38,7 +38,7 @@ def pvt_params(patches, dims, ratios, depths, srs, grid0, classes=1000, in_chans
                gammas=None, local_blocks=None) -> int:
     """Closed form of the authors' PVT v1 (REFERENCE.md section 3, "Details ...")."""
     total, width, side, index = 0, in_chans, grid0, 0
-    for s, (p, d, r, depth, sr) in enumerate(zip(patches, dims, ratios, depths, srs)):
+    for s, (p, d, r, depth, sr) in enumerate(zip(patches, dims, ratios, depths, srs, strict=True)):
         side //= p
         last = s == len(dims) - 1
         total += width * d * p * p + d + 2 * d  # patch conv (bias) + LayerNorm

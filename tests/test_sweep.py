@@ -97,7 +97,7 @@ def test_one_child_run_and_one_row_per_trial_and_they_agree(smoke, stem):
 
     epochs = read_epochs(storage / NAMES[stem])
     counts = epochs.groupby("trial_key").size().to_dict()
-    assert counts == dict(zip(rows["trial_key"], rows["epochs_run"]))
+    assert counts == dict(zip(rows["trial_key"], rows["epochs_run"], strict=True))
 
 
 @pytest.mark.parametrize("stem,pattern", [
@@ -118,7 +118,7 @@ def test_early_stopping_really_stops_trials_and_records_why(smoke, stem, pattern
     assert (completed["epochs_run"] == 3).all()
     assert (completed["stop_reason"] == "completed all 3 epochs").all()
     runs = {r.data.tags["trial_key"]: r for r in mlflow_runs(storage, stem)}
-    for key, reason in zip(stopped["trial_key"], stopped["stop_reason"]):
+    for key, reason in zip(stopped["trial_key"], stopped["stop_reason"], strict=True):
         assert runs[key].data.tags["status"] == "stopped"
         assert runs[key].data.tags["stop_reason"] == reason
     if stem == "ablation":
@@ -144,7 +144,8 @@ def test_resume_adds_no_runs_and_no_rows(smoke):
     code = main([str(SPACES / "quickstart.yaml"), "--smoke", "--resume",
                  "--set", f"run.storage={storage}", *FAST])
     assert code == 0
-    assert len(trials_of(storage, "quickstart")) == before == len(mlflow_runs(storage, "quickstart"))
+    assert (len(trials_of(storage, "quickstart")) == before
+            == len(mlflow_runs(storage, "quickstart")))
 
 
 def test_resume_of_a_different_sweep_is_refused(smoke, capsys):
@@ -174,7 +175,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
 
 
 BAD = {
-    "unknown key": (("seeds:", "sedes:"), "quickstart.yaml: sedes: unknown key; did you mean 'seeds'?"),
+    "unknown key": (("seeds:", "sedes:"),
+                    "quickstart.yaml: sedes: unknown key; did you mean 'seeds'?"),
     "wrong type": (("epochs: 10", "epochs: ten"), "base: train.epochs"),
     "unknown backbone": (("backbone: localvit_micro", "backbone: localvit_mikro"),
                          "base: model.backbone: unknown model 'localvit_mikro'"),

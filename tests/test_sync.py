@@ -68,7 +68,7 @@ def _mlflow_matches_parquet(sweep: Path, uri: str) -> None:
         history = client.get_metric_history(run.info.run_id, "val/top1")
         curve = epochs[epochs["trial_key"] == row["trial_key"]].sort_values("epoch")
         assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
-            list(zip(curve["epoch"], curve["val/top1"]))
+            list(zip(curve["epoch"], curve["val/top1"], strict=True))
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert "report/arms.csv" in artifacts
 

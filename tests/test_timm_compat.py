@@ -93,7 +93,7 @@ def test_swin_block_args_are_the_ones_timm_derives(size):
     built = [b for stage in model.layers for b in stage.blocks]
     args = compat.swin_block_args(**size, **common)
     assert len(args) == len(built)
-    for got, block in zip(args, built):
+    for got, block in zip(args, built, strict=True):
         assert _block_facts(SwinTransformerBlock(**got)) == _block_facts(block)
 
 
@@ -125,7 +125,7 @@ def test_tnt_block_args_are_the_ones_timm_derives():
 
     assert len(args) == len(model.blocks)
     with torch.device("meta"):
-        for got, block in zip(args, model.blocks):
+        for got, block in zip(args, model.blocks, strict=True):
             assert facts(TNTBlock(**got)) == facts(block)
 
 

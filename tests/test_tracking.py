@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -100,7 +101,7 @@ def test_parent_run_has_the_spec_and_provenance(recorded, tmp_path):
     assert tags["git_commit"] == ("None" if pd.isna(commit) else commit)
     check_commit(commit)
     path = client.download_artifacts(parent_id, "spec.yaml", str(tmp_path))
-    assert "search:" in open(path).read()
+    assert "search:" in Path(path).read_text()
 
 
 def test_interrupted_sweep_marks_open_runs_killed_and_mlflow_stays_quiet(tmp_path, capfd):

@@ -3,7 +3,8 @@ seed, 3 epochs of 4 steps, one CPU per trial (seconds per trial on 2 cores)."""
 
 
 def two_arm_spec(name: str, run: str) -> str:
-    """The spec's YAML text with sweep `name` and the flow mapping `run` (e.g. "{max_failures: 1}")."""
+    """The spec's YAML text with sweep `name` and the flow mapping `run` (e.g.
+    "{max_failures: 1}")."""
     return f"""\
 name: {name}
 base:

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
 
 
 class TrialDiverged(RuntimeError):
@@ -28,11 +33,11 @@ class StepContext:
     """What a training step needs besides the model and the batch (built once per trial)."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: object | None           # a timm Scheduler, stepped per update
+    scheduler: Scheduler | None        # stepped per update
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     device: torch.device
     mixup: Callable | None = None      # timm Mixup: (x, y) -> (mixed x, soft targets)
-    ema: nn.Module | None = None       # timm ModelEmaV3
+    ema: ModelEmaV3 | None = None
     scaler: torch.amp.GradScaler | None = None
     amp: bool = False
     clip_grad: float | None = None

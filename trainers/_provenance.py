@@ -13,8 +13,9 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
+from typing import TypedDict
 
-__all__ = ["TRACKED_PACKAGES", "git_commit", "provenance", "versions"]
+__all__ = ["TRACKED_PACKAGES", "Provenance", "git_commit", "provenance", "versions"]
 
 # The libraries whose versions decide a result; `python` is the interpreter itself.
 TRACKED_PACKAGES = ("torch", "timm", "ray", "mlflow", "optuna")
@@ -60,6 +61,11 @@ def git_commit(cwd: str | None = None) -> str | None:
     return commit or None
 
 
-def provenance(cwd: str | None = None) -> dict[str, object]:
+class Provenance(TypedDict):
+    versions: dict[str, str | None]
+    git_commit: str | None
+
+
+def provenance(cwd: str | None = None) -> Provenance:
     """`{"versions": {...}, "git_commit": "abc123..." | None}`."""
     return {"versions": dict(versions()), "git_commit": git_commit(cwd)}

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 import torch
 from timm.layers import calculate_drop_path_rates
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models.swin_transformer import SwinTransformerBlock
+    from timm.models.tnt import Block as TNTBlock
+    from timm.models.vision_transformer import Block as ViTBlock, VisionTransformer
 
 __all__ = [
     "SWIN_MLP_BRANCH",
@@ -69,6 +75,9 @@ def replace_blocks(blocks: nn.Module, make: Callable[[int, nn.Module], nn.Module
                    start: int = 0) -> int:
     """Replace `blocks[j]` (an nn.Sequential / ModuleList of a timm model) by `make(start + j,
     old)` where that returns a module; returns the index after the last block."""
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise TypeError(f"expected timm's blocks as an nn.Sequential or nn.ModuleList but got "
+                        f"{type(blocks).__name__}")
     for j, old in enumerate(list(blocks)):
         new = make(start + j, old)
         if new is not None:
@@ -78,7 +87,7 @@ def replace_blocks(blocks: nn.Module, make: Callable[[int, nn.Module], nn.Module
 
 # ------------------------------------------------------------------------------------ ViT / DeiT
 
-def vit_block_attention(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+def vit_block_attention(block: ViTBlock, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                         is_causal: bool = False) -> torch.Tensor:
     """The attention half of timm's `vision_transformer.Block.forward`, residual included:
     `x + drop_path1(ls1(attn(norm1(x), attn_mask=..., is_causal=...)))`."""
@@ -86,14 +95,14 @@ def vit_block_attention(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tens
                                                      is_causal=is_causal)))
 
 
-def vit_token_grid(model: nn.Module) -> tuple[tuple[int, int], int]:
+def vit_token_grid(model: VisionTransformer) -> tuple[tuple[int, int], int]:
     """(patch grid (H, W), number of prefix tokens) of a timm VisionTransformer."""
     return tuple(model.patch_embed.grid_size), int(model.num_prefix_tokens)
 
 
 # ------------------------------------------------------------------------------------------ Swin
 
-def swin_block_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def swin_block_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
     """The attention half of timm's `SwinTransformerBlock.forward` on NHWC input, residual
     included: `x + drop_path1(_attn(norm1(x)))` (window partition, shift and mask in `_attn`)."""
     return x + block.drop_path1(block._attn(block.norm1(x)))
@@ -108,7 +117,9 @@ def swin_block_args(*, img_size: tuple[int, int], patch_size: int, embed_dim: in
     arguments: stage i has width embed_dim * 2^i on the patch grid halved i times (rounding up),
     every second block of a stage is shifted by half a window, drop-path rates are stage-wise."""
     grid = (img_size[0] // patch_size, img_size[1] // patch_size)
-    rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+    # One list per stage with stagewise=True (timm's return type covers both forms).
+    rates = cast("list[list[float]]",
+                 calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True))
     out = []
     for i, depth in enumerate(depths):
         scale = 2 ** i
@@ -125,7 +136,7 @@ def swin_block_args(*, img_size: tuple[int, int], patch_size: int, embed_dim: in
 
 # ------------------------------------------------------------------------------------------- TNT
 
-def tnt_block_until_mlp(block: nn.Module, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
+def tnt_block_until_mlp(block: TNTBlock, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's `tnt.Block.forward` up to (not including) the outer `norm_mlp + mlp` step: the inner
     transformer, the pixel -> patch projection (legacy or not; the class token untouched) and the

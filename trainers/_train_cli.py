@@ -1,7 +1,8 @@
-"""`python -m trainers.train`: train one model from the command line, with a per-epoch table.
+r"""`python -m trainers.train`: train one model from the command line, with a per-epoch table.
 
     python -m trainers.train --model localvit_micro --data digits --out runs/a   # recipe digits_cpu
-    python -m trainers.train --model vit_micro --data digits --epochs 20 --set train.lr=2e-3 --out runs/b
+    python -m trainers.train --model vit_micro --data digits --epochs 20 --set train.lr=2e-3 \
+        --out runs/b
     python -m trainers.train --config configs/digits_cpu.yaml --recipe deit --out runs/c
     python -m trainers.train --out runs/a --resume          # continue after a kill
 
@@ -20,8 +21,9 @@ import argparse
 import datetime as dt
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -65,11 +67,13 @@ class TableReporter:
                ) -> None:
         widths = self._widths()
         if not self._header_done:
-            header = "  ".join(h.rjust(w) for (h, _, _), w in zip(self.columns, widths))
+            header = "  ".join(h.rjust(w)
+                               for (h, _, _), w in zip(self.columns, widths, strict=True))
             self.console.print(f"[bold]{header}[/bold]", highlight=False)
             self._header_done = True
         row = {"epoch": epoch, **metrics}
-        cells = [fmt.format(row[key]).rjust(w) for (_, key, fmt), w in zip(self.columns, widths)]
+        cells = [fmt.format(row[key]).rjust(w)
+                 for (_, key, fmt), w in zip(self.columns, widths, strict=True)]
         self.console.print("  ".join(cells), highlight=False)
 
 
@@ -138,9 +142,10 @@ def resolve_cli_config(args: argparse.Namespace) -> TrainConfig:
     return train_config_from_dict(apply_overrides(base, overrides), source=source)
 
 
-def config_yaml_text(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
+def config_yaml_text(cfg: TrainConfig, prov: Mapping[str, Any] | None = None) -> str:
     """The resolved config as YAML, headed by comment lines with the git commit and versions."""
-    prov = prov if prov is not None else provenance()
+    if prov is None:
+        prov = provenance()
     vers = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     header = (
         "# Resolved TrainConfig of this run (python -m trainers.train), written at "

@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -73,27 +74,33 @@ def _knob_field(name: str, annotation: Any) -> tuple[Any, None]:
             KNOB_CHECKS[name](value)  # ValueError -> a validation error at model.locality.<name>
         return value
 
-    return Optional[Annotated[annotation, AfterValidator(check)]], None
+    return Annotated[annotation, AfterValidator(check)] | None, None
 
 
 # Locality FFN knobs over the model variant's (a field left None inherits the variant's value).
 # Derived from LocalitySpec, so the knobs, their types and their allowed values live in one place.
-LocalityConfig = create_model(
-    "LocalityConfig",
-    __base__=_Frozen,
-    __doc__="Locality FFN knobs over the variant's; a field left None inherits the variant's "
-            "value. The fields and checks are LocalitySpec's (trainers/locality.py).",
-    __module__=__name__,
-    **{f.name: _knob_field(f.name, get_type_hints(LocalitySpec)[f.name])
-       for f in fields(LocalitySpec)},
-)
+if TYPE_CHECKING:
+    # What a type checker sees: a class it can use in annotations (create_model's result is a
+    # variable), whose fields (LocalitySpec's, made at run time) read as Any.
+    class LocalityConfig(_Frozen):
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    LocalityConfig = create_model(
+        "LocalityConfig",
+        __base__=_Frozen,
+        __doc__="Locality FFN knobs over the variant's; a field left None inherits the variant's "
+                "value. The fields and checks are LocalitySpec's (trainers/locality.py).",
+        __module__=__name__,
+        **{f.name: _knob_field(f.name, get_type_hints(LocalitySpec)[f.name])
+           for f in fields(LocalitySpec)},
+    )
 
 
 class ModelConfig(_Frozen):
     backbone: str = "localvit_micro"
     # "default": the variant's own locality (none for a plain backbone); null: no locality FFN;
     # a mapping: locality on, these knobs over the family's defaults.
-    locality: Union[Literal["default"], None, LocalityConfig] = "default"
+    locality: Literal["default"] | None | LocalityConfig = "default"
     drop_path: float | None = Field(default=None, ge=0.0, lt=1.0)
     # Architecture overrides passed to create_model (e.g. mlp_ratio: 6, num_heads: 4).
     arch: dict[str, Any] = Field(default_factory=dict)
@@ -200,7 +207,8 @@ def field_names(model_cls: type[BaseModel], path: Sequence[str | int]) -> list[s
             return []
         candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
         candidates += [a for c in list(candidates) for a in getattr(c, "__args__", ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                   None)
         if cls is None:
             return []
     return list(getattr(cls, "model_fields", {}))
@@ -245,7 +253,8 @@ def format_validation_error(
     return list(dict.fromkeys(lines))
 
 
-def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config") -> TrainConfig:
+def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config"
+                           ) -> TrainConfig:
     """Validate a nested mapping into a TrainConfig, raising ConfigError naming every bad key."""
     try:
         return TrainConfig.model_validate(dict(data or {}))

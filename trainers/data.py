@@ -18,9 +18,9 @@ is what makes a resumed trial replay the uninterrupted one exactly.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -121,6 +121,7 @@ def num_classes(cfg: DataConfig) -> int:
         return cfg.synthetic_classes
     if cfg.name == "imagefolder":
         check_data(cfg)
+        assert cfg.root is not None  # check_data requires it
         return len(_class_dirs(Path(cfg.root) / "train"))
     raise ConfigError(f"data.name must be one of {', '.join(DATASETS)} but got {cfg.name!r}")
 
@@ -147,7 +148,7 @@ def train_transform(aug: AugConfig, img_size: int) -> Callable:
         color_jitter=aug.color_jitter,
         auto_augment=aug.auto_augment,
         interpolation=aug.interpolation,
-        scale=tuple(aug.scale),
+        scale=aug.scale,
         hflip=aug.hflip,
         re_prob=aug.reprob,
         re_mode="pixel",  # DeiT erases with per-pixel noise
@@ -204,7 +205,8 @@ class SyntheticImages(Dataset):
     """
 
     def __init__(self, size: int, num_classes: int, img_size: int, offset: int):
-        self.size, self.num_classes, self.img_size, self.offset = size, num_classes, img_size, offset
+        self.size, self.num_classes = size, num_classes
+        self.img_size, self.offset = img_size, offset
 
     def __len__(self) -> int:
         return self.size
@@ -245,6 +247,7 @@ def build_datasets(data: DataConfig, aug: AugConfig, img_size: int) -> DataBundl
     if data.name == "imagefolder":
         from torchvision.datasets import ImageFolder
 
+        assert data.root is not None  # check_data (above) requires it
         train = ImageFolder(str(Path(data.root) / "train"), transform=t_train)
         val = ImageFolder(str(Path(data.root) / "val"), transform=t_eval)
         return DataBundle(train, val, len(train.classes))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Literal, Mapping, Union, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -39,12 +40,12 @@ Activation = Literal["relu6", "hs", "hs+se", "hs+eca", "hs+ecah"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 # gamma: hidden width = gamma * dim; "mlp_ratio" takes the MLP ratio of the block the FFN replaces
 # (LocalViT-PVT: 8, 8, 4, 4 over its stages).
-Expansion = Union[int, Literal["mlp_ratio"]]
+Expansion = int | Literal["mlp_ratio"]
 # SE hidden width = gamma * dim // reduction; "dim" or "dim/N" is relative to each block's width
 # (the hierarchical backbones' rule: "dim" keeps SE hidden = gamma at every width).
-Reduction = Union[int, str]
+Reduction = int | str
 # Which blocks: "all", "none", a 1-based inclusive range "a-b", one block number or several.
-Layers = Union[str, int, tuple[int, ...]]
+Layers = str | int | tuple[int, ...]
 
 _REDUCTION_RULE = re.compile(r"dim(/[1-9]\d*)?")
 _LAYERS_TEXT = re.compile(r"all|none|\d+\s*-\s*\d+|\d+([,\s]+\d+)*")

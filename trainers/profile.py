@@ -22,7 +22,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -159,8 +160,9 @@ def _profile_one(name: str, locality: Any, arch: dict[str, Any], img_size: int |
         "trainable_params": count_trainable_params(model),
         "macs": count_macs(model, size),
         # The paper's figures describe the default variant at 224 px only.
-        "paper": (dataclasses.asdict(row.paper) if row.paper is not None and size == 224 and not arch
-                  and locality == "default" else None),
+        "paper": (dataclasses.asdict(row.paper)
+                  if row.paper is not None and size == 224 and not arch and locality == "default"
+                  else None),
         "macs_counted": MACS_COUNTED,
     }
     if speed:

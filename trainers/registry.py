@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, TypedDict
 
 from torch import nn
 
@@ -101,13 +102,22 @@ _TNT_MICRO = TNTArch(patch_size=8, embed_dim=64, inner_dim=8, depth=4, num_heads
                      num_heads_inner=2)
 
 
+# The keyword groups _rows spreads into Variant(...), typed so that the checker sees each keyword.
+class _MicroKwargs(TypedDict):
+    drop_path_rate: float
+
+
+class _TokenKwargs(TypedDict):
+    token_locality: Mapping[str, Any]
+
+
 def _rows() -> list[Variant]:
     pvt_t, pvt_m = PVT_ARCHS["pvt_tiny"], PVT_ARCHS["pvt_micro"]
     t2t_7, t2t_m = T2T_ARCHS["t2t_vit_7"], T2T_ARCHS["t2t_vit_micro"]
     heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=4)
     heads8 = ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=8)
-    micro = dict(drop_path_rate=0.0)
-    tokens = dict(token_locality=_T2T_TOKENS)
+    micro = _MicroKwargs(drop_path_rate=0.0)
+    tokens = _TokenKwargs(token_locality=_T2T_TOKENS)
     return [
         # LocalViT table 5, DeiT rows (DeiT, Touvron et al. 2021, table 1).
         Variant("deit_tiny", "deit", _DEIT_TINY, 224, None, _DEIT_T, "vit_micro",
@@ -241,8 +251,8 @@ def create_model(name: str, *, locality: Any = "default", num_classes: int = 100
 
     locality: "default" (the variant's own; none for a plain backbone), None (no locality FFN),
     or a mapping / trainers.config.LocalityConfig / LocalitySpec of knobs over the variant's (or,
-    for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio, num_heads,
-    depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
+    for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio,
+    num_heads, depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
     """
     row, fam, arch_obj, localities, size = _resolve(name, locality, img_size, arch)
     return fam.build(

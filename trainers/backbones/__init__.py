@@ -15,8 +15,9 @@ variant row says `token_locality` (trainers/registry.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

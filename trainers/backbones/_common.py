@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -14,10 +15,14 @@ from torch import nn
 from ..errors import ModelConfigError
 from ..locality import LocalitySpec, resolve_layers
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["ClassTokenClassifier", "apply_arch_overrides", "check_patch_grid", "default_cfg",
            "img_hw", "init_vit_weights", "locality_blocks"]
 
-A = TypeVar("A")
+# An architecture dataclass (ViTArch, SwinArch, ...).
+A = TypeVar("A", bound="DataclassInstance")
 
 
 def apply_arch_overrides(arch: A, overrides: Mapping[str, Any], *, model: str = "model") -> A:
@@ -88,7 +93,8 @@ def check_patch_grid(img_size: int | tuple[int, int] | list[int], patch_size: in
 
 
 def init_vit_weights(module: nn.Module) -> None:
-    """The PVT / T2T authors' init: truncated-normal Linear weights, zero biases, unit LayerNorms."""
+    """The PVT / T2T authors' init: truncated-normal Linear weights, zero biases, unit
+    LayerNorms."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -116,6 +122,7 @@ class ClassTokenClassifier:
     head: nn.Module
     num_classes: int
     num_features: int
+    forward_features: Callable[[torch.Tensor], torch.Tensor]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

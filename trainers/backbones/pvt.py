@@ -71,7 +71,7 @@ class PVTArch:
                 raise ModelConfigError(
                     f"PVT {name} must be positive integers but got {values!r}"
                 )
-        for dim, heads in zip(self.embed_dims, self.num_heads):
+        for dim, heads in zip(self.embed_dims, self.num_heads, strict=True):
             if dim % heads:
                 raise ModelConfigError(
                     f"PVT embed_dims must be divisible by num_heads stage by stage but got "

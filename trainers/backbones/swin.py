@@ -3,8 +3,8 @@
 timm's `SwinTransformer` is built as is; each selected block (1-based, counted over all stages in
 forward order) is built anew from the arguments timm derives from the model's
 (`_timm_compat.swin_block_args`) as `LocalitySwinBlock`, a `SwinTransformerBlock` whose
-`norm2 + mlp` is replaced by `LocalityFeedForward` on the block's own (H, W) grid. Window attention, shifts and
-patch merging are timm's, unchanged. Swin has no class token.
+`norm2 + mlp` is replaced by `LocalityFeedForward` on the block's own (H, W) grid. Window
+attention, shifts and patch merging are timm's, unchanged. Swin has no class token.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ __all__ = ["LocalitySwinBlock", "SwinArch", "build_swin", "check_img_size", "num
 
 @dataclass(frozen=True)
 class SwinArch:
-    """A Swin size. Swin-T: patch 4, dim 96, depths 2-2-6-2, heads 3-6-12-24, window 7 (Swin table 1)."""
+    """A Swin size. Swin-T: patch 4, dim 96, depths 2-2-6-2, heads 3-6-12-24, window 7 (Swin
+    table 1)."""
 
     patch_size: int = 4
     embed_dim: int = 96
@@ -43,7 +44,7 @@ class SwinArch:
                 "per stage"
             )
         widths = [self.embed_dim * 2**i for i in range(len(self.depths))]
-        if any(w % h for w, h in zip(widths, self.num_heads)):
+        if any(w % h for w, h in zip(widths, self.num_heads, strict=True)):
             raise ModelConfigError(
                 f"Swin stage widths {widths} must be divisible by num_heads {self.num_heads}"
             )
@@ -86,7 +87,7 @@ def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: in
         qkv_bias=arch.qkv_bias, drop_path_rate=drop_path_rate,
     )
     selected = locality_blocks(locality, num_blocks(arch))
-    if not selected:
+    if locality is None or not selected:  # (no locality selects no block)
         return model
     # The selected blocks are built from the builder's own arguments, as timm derives them.
     args = compat.swin_block_args(
@@ -104,5 +105,5 @@ def build_swin(arch: SwinArch, *, locality: LocalitySpec | None, num_classes: in
 
     index = 0
     for stage in model.layers:
-        index = compat.replace_blocks(stage.blocks, make, index)
+        index = compat.replace_blocks(stage.get_submodule("blocks"), make, index)
     return model

@@ -109,7 +109,7 @@ def check_t2t_img_size(arch: T2TArch, img_size: int | tuple[int, int] | None
                        ) -> list[tuple[int, int]]:
     """Token grid after every soft split; ModelConfigError if a split would leave no tokens."""
     size = img_hw(arch.img_size if img_size is None else img_size)
-    grids = list(zip(_sides(arch, size[0]), _sides(arch, size[1])))
+    grids = list(zip(_sides(arch, size[0]), _sides(arch, size[1]), strict=True))
     if min(min(grid) for grid in grids) < 1:
         min_side = next(s for s in range(1, 1 << 16) if min(_sides(arch, s)) >= 1)
         raise ModelConfigError(
@@ -212,7 +212,8 @@ class TokensToToken(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         x = self.splits[0](x).transpose(1, 2)  # (B, H1*W1, C*k*k)
-        for layer, split, grid in zip(self.layers, self.splits[1:], self.grids):
+        # grids has one more entry than layers: the last split's, which the projection follows.
+        for layer, split, grid in zip(self.layers, self.splits[1:], self.grids, strict=False):
             x = layer(x, grid)  # (B, H*W, token_dim)
             x = x.transpose(1, 2).reshape(batch, -1, *grid)  # (B, token_dim, H, W)
             x = split(x).transpose(1, 2)

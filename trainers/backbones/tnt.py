@@ -3,8 +3,9 @@
 timm's `TNT` with its legacy layout (pixel embedding conv on the whole image, per-block
 `LayerNorm(inner_dim)` + biased projection) is the layout of the TNT the LocalViT authors build
 on, and gives TNT-T's published 6.1 M parameters. Each selected block (1-based over the 12 blocks)
-is built anew from the model's arguments as `LocalityTNTBlock`: the inner transformer keeps its GELU MLP, the outer
-`norm_mlp + mlp` becomes `LocalityFeedForward` on the patch grid; the class token bypasses it.
+is built anew from the model's arguments as `LocalityTNTBlock`: the inner transformer keeps its
+GELU MLP, the outer `norm_mlp + mlp` becomes `LocalityFeedForward` on the patch grid; the class
+token bypasses it.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class LocalTNT(TNT):
         super().__init__(**kwargs)
         if not locality_at:
             return
+        assert locality is not None, "locality_at needs a locality spec"
         # The selected blocks are built from the model's own arguments, as timm derives them.
         args = compat.tnt_block_args(**{k: kwargs[k] for k in (
             "patch_size", "first_stride", "embed_dim", "inner_dim", "depth", "num_heads_inner",

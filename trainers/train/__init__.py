@@ -22,9 +22,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -102,7 +103,8 @@ def validate_config(cfg: TrainConfig) -> None:
     img_size = resolve_img_size(cfg)
     registry.check_model_config(cfg.model, img_size=img_size)
     resolve_device(cfg)
-    opts = list_optimizers()
+    # Names only (no with_description): timm's return type covers both forms.
+    opts = cast("list[str]", list_optimizers())
     if cfg.train.opt.lower() not in opts:
         near = difflib.get_close_matches(cfg.train.opt.lower(), opts, n=3)
         raise ConfigError(f"train.opt: unknown optimizer {cfg.train.opt!r}"
@@ -182,6 +184,7 @@ def _build_step_context(cfg: TrainConfig, model: torch.nn.Module, device: torch.
                                        updates_per_epoch=steps_per_epoch)
     a = cfg.aug
     mixup = None
+    criterion: torch.nn.Module
     if _mixup_active(cfg):
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=1.0,
                       switch_prob=a.mixup_switch_prob, mode="batch",
@@ -247,6 +250,7 @@ def _build(cfg: TrainConfig) -> _Run:
         params = profile.count_params(model)
         macs = profile.count_macs(model, img_size)
     model.to(device)
+    assert isinstance(bundle.train, Sized)  # map-style; torch's Dataset type has no __len__
     steps, drop_last = _steps_per_epoch(cfg, len(bundle.train))
     ctx = _build_step_context(cfg, model, device, bundle.num_classes, steps)
     val_loader = data_lib.make_loader(bundle.val, batch_size=cfg.train.batch_size, train=False,

@@ -1,4 +1,5 @@
-"""`python -m trainers.train`: train one model from the command line (see trainers/_train_cli.py)."""
+"""`python -m trainers.train`: train one model from the command line (see
+trainers/_train_cli.py)."""
 
 import sys
 
