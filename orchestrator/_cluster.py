@@ -14,9 +14,10 @@ so its alive nodes are all it has.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from orchestrator.errors import SpecError
 from orchestrator.plan import Plan

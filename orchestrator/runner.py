@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ResumeError, SpecError, StorageError
+from orchestrator.errors import ResumeError, StorageError
 from orchestrator.events import Sink, TrialOutcome
 from orchestrator.plan import Plan
 

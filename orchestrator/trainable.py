@@ -19,8 +19,8 @@ from typing import Any
 
 from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
 
-__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter", "fit_to_resources",
-           "identify", "run_trial"]
+__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter",
+           "fit_to_resources", "identify", "run_trial"]
 
 # The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
 EPOCH_KEY = "epoch"

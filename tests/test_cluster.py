@@ -13,6 +13,7 @@
 Every process the tests start (Ray nodes, moto, drivers) is stopped by pid at the end.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -129,16 +130,12 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> list[int]:
     except psutil.NoSuchProcess:
         family = []
     for p in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(family, timeout=20)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=10)
     if proc.poll() is None:
         proc.kill()
@@ -159,11 +156,11 @@ class Cluster:
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
 
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen([RAY, "start", "--block", "--num-cpus=1",
-                                 "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with open(self.tmp / f"{name}.log", "w") as log:
+            proc = subprocess.Popen([RAY, "start", "--block", "--num-cpus=1",
+                                     "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                     *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         self.nodes.append(proc)
         return proc
 
@@ -206,10 +203,10 @@ def node_env():
 def s3(node_env, tmp_path):
     """moto's S3 server on 127.0.0.1 with one bucket; the env every node and driver gets."""
     port = _free_port()
-    log = open(tmp_path / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(tmp_path / "moto.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     node_env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
                     AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
 
@@ -319,7 +316,8 @@ def test_a_lost_worker_node_moves_its_trial_which_goes_on_from_its_checkpoint(cl
 
     trials = pd.read_parquet(storage / "lost" / "trials.parquet")
     assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 8).all(), trials
-    epochs = pd.read_parquet(storage / "lost" / "epochs.parquet").sort_values(["trial_key", "epoch"])
+    epochs = pd.read_parquet(storage / "lost" / "epochs.parquet")
+    epochs = epochs.sort_values(["trial_key", "epoch"])
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
     moved = []
     for key, curve in epochs.groupby("trial_key"):
@@ -359,8 +357,8 @@ def test_a_trial_trains_on_what_ray_gave_it():
     assert (on_cpu.device, on_cpu.threads, on_cpu.data.num_workers) == ("cpu", 1, 0)
     assert fit_to_resources(cfg.model_copy(update={"device": "cuda"}), 2, 1).device == "cuda"
     # Only keys a checkpoint's resume does not compare change (a trial may resume elsewhere).
-    from trainers.train import _RUNTIME_KEYS
     from orchestrator._flatten import flatten_config
+    from trainers.train import _RUNTIME_KEYS
 
     for fitted in (on_gpu, on_cpu):
         a, b = flatten_config(cfg.to_dict()), flatten_config(fitted.to_dict())
