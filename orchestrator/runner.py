@@ -210,8 +210,10 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
+        # "local": a Ray of our own even when `ray start` left a cluster on this machine (a
+        # bare ray.init() would join that one, which the user did not ask for).
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR)
 
 
 def _domain(dom: Any) -> Any:
