@@ -76,9 +76,10 @@ def _bootstrap_node_types(path: Path) -> list[NodeType] | None:
     out = []
     for name, node in (config.get("available_node_types") or {}).items():
         node = node or {}
-        # The head is one node (Ray never adds more of its type).
-        count = 1 if name == head else node.get("max_workers", cluster_max
-                                                 if cluster_max is not None else -1)
+        # A type's max_workers counts the nodes Ray may add of it; the head is there already,
+        # and Ray adds none of the head's type unless it says so.
+        default = 0 if name == head else (cluster_max if cluster_max is not None else -1)
+        count = node.get("max_workers", default)
         resources = node.get("resources")
         out.append(NodeType(name, {k: float(v) for k, v in resources.items()}
                             if resources else None, int(count)))

@@ -85,7 +85,7 @@ def test_capacity_waits_for_a_node_type_the_autoscaler_can_add_and_refuses_other
 
     types = {t.name: t for t in node_types(CLUSTER_YAML)}
     assert types["gpu_1x"].resources == {"CPU": 8.0, "GPU": 1.0}
-    assert types["gpu_1x"].max_count == 8 and types["head"].max_count == 1
+    assert types["gpu_1x"].max_count == 8 and types["head"].max_count == 0
 
     # One GPU per trial on this CPU-only Ray: ray_cluster.yaml's autoscaler can add a GPU node.
     said = []

@@ -126,7 +126,7 @@ def _ray(*args: str, cwd: Path, env: dict, timeout: int = 600) -> str:
     out = subprocess.run([RAY, *args], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=timeout)
     text = out.stdout + out.stderr
-    assert out.returncode == 0, f"ray {' '.join(args)} exited {out.returncode}:\n{text[-4000:]}"
+    assert out.returncode == 0, f"ray {' '.join(args)} exited {out.returncode}:\n{text[-12000:]}"
     return text
 
 
@@ -163,9 +163,16 @@ def test_ray_up_runs_a_sweep_through_the_cluster_commands_and_ray_down_stops_it(
         trials = pd.read_parquet(storage / "onnodes" / "trials.parquet")
         assert sorted(trials["arm"]) == ["baseline", "localvit"]
         assert (trials["status"] == "completed").all()
-        # The trials ran in the cluster's venv, on the project copy ray up synced.
-        venv_python = (HOME / "venv" / "bin" / "python").resolve()
-        assert venv_python.exists() and (HOME / "localvit" / "orchestrator").is_dir()
+        # The driver ran the project copy ray up synced (no .git there: no commit to record).
+        assert "git commit: unknown (not a git checkout)" in \
+            (storage / "onnodes" / "spec.yaml").read_text()
+        # A trial no node of this cluster can hold, and no node type its autoscaler can add:
+        # exit 2 before anything starts.
+        out = subprocess.run([RAY, "exec", str(cluster_file),
+                              f"{run} --set name=gpus --set run.resources_per_trial.gpu=1"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and "so no trial could ever start" in out.stdout + out.stderr
+        assert not (storage / "gpus").exists()
     finally:
         subprocess.run([RAY, "down", "-y", str(cluster_file)], cwd=ROOT, env=env,
                        capture_output=True, timeout=300)
