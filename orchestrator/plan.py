@@ -34,7 +34,8 @@ from orchestrator.errors import PlanError
 from orchestrator.spec import SweepSpec
 from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
 
-__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "reported_metrics", "resolve_sample", "trial_key"]
+__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "format_overrides", "reported_metrics",
+           "resolve_sample", "trial_key"]
 
 # Execution-only settings: they do not change what a trial computes, so they stay out of its key
 # (the same study on a laptop and on a cluster has the same trial keys).
@@ -175,6 +176,18 @@ def _short_names(keys: Iterable[str]) -> dict[str, str]:
     keys = list(keys)
     last = [k.rsplit(".", 1)[-1] for k in keys]
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def format_overrides(overrides: Mapping[str, Any]) -> list[str]:
+    """Dotted overrides as `key=value` items, mappings spelled out key by key, values as in arm
+    names (`model.locality=none`, `model.locality.expansion=2`)."""
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            out += [f"{key}.{k}={_render(v)}" for k, v in _flat_items(value)]
+        else:
+            out.append(f"{key}={_render(value)}")
+    return out
 
 
 def _label(short: str, value: Any) -> str:

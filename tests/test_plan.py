@@ -60,6 +60,16 @@ def test_trial_keys_of_a_plan_are_trial_key_of_each_config():
     assert len({t.key for t in plan.trials}) == len(plan.trials) == 4 * 5
 
 
+def test_format_overrides_spells_dotted_keys_like_arm_names():
+    from orchestrator.plan import format_overrides
+
+    assert format_overrides({"model.locality": {"expansion": 2, "dw_conv": False},
+                             "model.arch": {"mlp_ratio": 6.0}, "model.backbone": "deit_tiny",
+                             "model.locality.layers": [1, 4], "aug.auto_augment": None}) == [
+        "model.locality.expansion=2", "model.locality.dw_conv=false", "model.arch.mlp_ratio=6",
+        "model.backbone=deit_tiny", "model.locality.layers=[1,4]", "aug.auto_augment=none"]
+
+
 def test_identical_configs_run_once_under_the_first_name():
     plan = build_plan(small_spec(baseline={}), source="t.yaml")
     assert plan.arms[0].name == "baseline" and plan.arms[0].aliases == ("base",)

@@ -1,5 +1,6 @@
-"""The --dry-run compute estimate: the same numbers as building and tracing every distinct model
-(the estimate before trainers.profile.MacCounter), and few traces for a large factorial."""
+"""--dry-run without Ray: the compute estimate has the same numbers as building and tracing every
+distinct model (the estimate before trainers.profile.MacCounter) and takes few traces for a large
+factorial; the arm table shows every name whole on an 80-column terminal."""
 
 import json
 
@@ -112,3 +113,42 @@ def test_large_factorial_traces_each_architecture_once(monkeypatch):
     # every block).
     assert counter.traced_models == 4 and counter.traced_ffns == 24
     assert est.trials == 730
+
+
+def _dry_run_text(plan, width):
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.sweep import _print_plan
+
+    out = io.StringIO()
+    _print_plan(plan, Console(file=out, width=width, highlight=False))
+    return out.getvalue()
+
+
+def test_dry_run_table_never_cuts_an_arm_name_at_80_columns():
+    # A backbone axis (names like backbone=localvit_swin_micro), an alias and a factorial's long
+    # names: every name is shown whole where it fits, folded (never cut with "…") where not.
+    backbones = ["vit_micro", "localvit_micro", "localvit_swin_micro", "localvit_pvt_micro",
+                 "localvit_tnt_micro"]
+    plan = build_plan(spec(design="ofat", axes={"model.backbone": backbones}, arms={
+        "act=relu6,layers=1-2,expansion=4,dw_conv=false,a_long_named_control": {
+            "model.locality": {"act": "relu6", "layers": "1-2", "dw_conv": False}}}),
+        source="est.yaml", data_required=False)
+    text = _dry_run_text(plan, 80)
+    table = text.split("\narms: ")[0]
+    assert "…" not in text
+    rows = table.splitlines()[1:]  # under the title, every line of the table ends in its rule
+    assert all(len(line) <= 80 and line.rstrip()[-1] in "┓┃┩│┘" for line in rows), table
+    for arm in plan.arms:
+        for name in (arm.name, *arm.aliases):
+            assert name in table or len(name) > 35, name
+    # Folded, the long name is all there, read down its column.
+    column = ["".join(line.split("│")[i].strip() for line in rows if line.startswith("│"))
+              for i in (1, 3)]
+    assert "act=relu6,layers=1-2,expansion=4,dw_conv=false,a_long_named_control" in column[0]
+    # The backbone is its own column; the other overrides are spelled as --set keys.
+    row = next(line for line in rows if "backbone=localvit_swin_micro" in line)
+    assert row.count("localvit_swin_micro") == 2 and "model.backbone" not in table
+    assert "model.locality=none" in column[1] and "model.locality.dw_conv=false" in column[1]
