@@ -2,10 +2,12 @@
 
 Training compute per trial is estimated as 3 x forward MACs per image (forward, plus a backward
 pass that costs about twice the forward) x images per epoch x epochs, plus one forward pass over
-the validation set per epoch. MACs come from `trainers.profile.count_macs` on the real model at
-the trial's image size, counted once per distinct model. It is an upper bound: ASHA stops most
-trials long before their last epoch. Datasets whose size is unknown without scanning files
-(imagefolder) are counted as ImageNet-1k (1,281,167 / 50,000 images) and marked as assumed.
+the validation set per epoch. MACs are `trainers.profile.count_macs` of the real model at the
+trial's image size, through `trainers.profile.MacCounter`: one trace per architecture, and for
+models that differ only in locality knobs, one per distinct locality FFN. It is an upper bound:
+ASHA stops most trials long before their last epoch. Datasets whose size is unknown without
+scanning files (imagefolder) are counted as ImageNet-1k (1,281,167 / 50,000 images) and marked as
+assumed.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ class Estimate:
     assumed_sizes: bool             # True when an imagefolder was counted as ImageNet-1k
 
 
-def _sizes(cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
+def _sizes(data_cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
     from trainers import data as data_lib
     from trainers.config import DataConfig
 
-    data = DataConfig.model_validate(cfg["data"])
+    data = DataConfig.model_validate(data_cfg)
     n_train = data_lib.train_size(data)
     if n_train is None:
         return (*_IMAGENET, True)
@@ -48,41 +50,34 @@ def _sizes(cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
     return n_train, n_val, False
 
 
-def _model_macs(cfg: Mapping[str, Any], cache: dict[str, int]) -> tuple[str, int]:
-    import torch
-
-    from trainers import profile, registry
+def _model_macs(cfg: Mapping[str, Any], counter: Any) -> tuple[str, int]:
     from trainers.config import TrainConfig
     from trainers.train import resolve_img_size
 
     tc = TrainConfig.model_validate(cfg)
     img = resolve_img_size(tc)
-    ident = json.dumps([tc.model.model_dump(mode="json"), img], sort_keys=True)
-    if ident not in cache:
-        try:
-            # Shapes only: on the meta device nothing is allocated or computed (seconds -> ms).
-            with torch.device("meta"):
-                model = registry.build_from_config(tc.model, num_classes=10, img_size=img)
-                cache[ident] = profile.count_macs(model, img)
-        except (RuntimeError, NotImplementedError, TypeError, ValueError):
-            model = registry.build_from_config(tc.model, num_classes=10, img_size=img)
-            cache[ident] = profile.count_macs(model, img)
-    return f"{tc.model.backbone}@{img}px", cache[ident]
+    return f"{tc.model.backbone}@{img}px", counter.macs(tc.model, img)
 
 
 def estimate_plan(plan: Plan) -> Estimate:
+    from trainers.profile import MacCounter
+
     configs = [t.config for t in plan.trials]
     if not configs and plan.search_base is not None:
         configs = [plan.search_base] * plan.num_trials
-    cache: dict[str, int] = {}
+    counter = MacCounter(num_classes=10)
+    # Trials of one arm differ only in their seed: model and data are worked out once per arm.
+    per_config: dict[str, tuple[str, int, int, int, bool]] = {}
     per_model: dict[str, tuple[int, int]] = {}
     total = 0.0
     assumed = False
     for cfg in configs:
-        label, macs = _model_macs(cfg, cache)
+        ident = json.dumps([cfg["model"], cfg["data"]], sort_keys=True)
+        if ident not in per_config:
+            per_config[ident] = (*_model_macs(cfg, counter), *_sizes(cfg["data"]))
+        label, macs, n_train, n_val, guessed = per_config[ident]
         lo, hi = per_model.get(label, (macs, macs))
         per_model[label] = (min(lo, macs), max(hi, macs))
-        n_train, n_val, guessed = _sizes(cfg)
         assumed |= guessed
         train = cfg["train"]
         if train.get("steps_per_epoch"):

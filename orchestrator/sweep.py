@@ -50,6 +50,49 @@ def _fmt_macs(macs: float) -> str:
     return f"{macs:.3g} MAC"
 
 
+def _arm_table(plan, title: str, width: int):
+    """One row per arm: its name (and the design points that resolved to it), its backbone, and
+    its other overrides of base. Names are never cut: they are what `references`, reports and
+    published-results files call an arm, so a name too wide for the terminal folds."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.plan import format_overrides
+
+    backbone = {t.arm: t.backbone for t in plan.trials}
+    longest = max(len(name) + 5 * (name != arm.name)  # "also "
+                  for arm in plan.arms for name in (arm.name, *arm.aliases))
+    # rich never narrows a column below its longest word, so the widths are set here: the
+    # backbones whole, the names whole where they fit leaving 20 characters to the overrides
+    # (every backbone-axis name at 80 columns), the overrides folded into what is left.
+    content = width - 10  # 4 rules and 2 characters of padding per column
+    backbone_width = max(len("backbone"), *(len(b) for b in backbone.values()))
+    arm_width = min(longest, max(12, content - backbone_width - 20))
+    table = Table(title=title, title_justify="left")
+    table.add_column("arm", overflow="fold", min_width=arm_width, max_width=arm_width)
+    table.add_column("backbone", no_wrap=True)
+    table.add_column("other overrides of base", overflow="fold",
+                     max_width=max(8, content - arm_width - backbone_width))
+    as_named = False
+    for arm in plan.arms:
+        name = Text(arm.name)
+        if arm.aliases:
+            name.append("\nalso " + "\n     ".join(arm.aliases), style="dim")
+        others = {k: v for k, v in arm.overrides.items() if k != "model.backbone"}
+        if others and others == {k: v for k, v in arm.factors.items() if k != "model.backbone"}:
+            # A design point: its name spells these overrides (a factorial's five of them would
+            # fill ten lines of a narrow column for each of hundreds of arms).
+            as_named = True
+            table.add_row(name, backbone[arm.name], Text("as named", style="dim"))
+        else:
+            table.add_row(name, backbone[arm.name], ", ".join(format_overrides(others)) or "-")
+    if as_named:
+        table.caption = ("as named: the name spells the arm's overrides of the axes "
+                         + ", ".join(plan.spec.axes))
+        table.caption_justify = "left"
+    return table
+
+
 def _print_plan(plan, console) -> None:
     from rich.table import Table
 
@@ -68,15 +111,7 @@ def _print_plan(plan, console) -> None:
         console.print(table)
         console.print(f"search: {algo}, {plan.num_trials} trials, seed {spec.seeds[0]}")
     else:
-        table = Table(title=title, title_justify="left")
-        for col in ("arm", "backbone", "overrides of base", "same config as"):
-            table.add_column(col)
-        by_arm = {t.arm: t for t in plan.trials}
-        for arm in plan.arms:
-            overrides = ", ".join(f"{k}={v}" for k, v in arm.overrides.items()) or "-"
-            table.add_row(arm.name, by_arm[arm.name].backbone, overrides,
-                          ", ".join(arm.aliases) or "")
-        console.print(table)
+        console.print(_arm_table(plan, title, console.width))
         console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
                       f"trials: {plan.num_trials} (arms x seeds)")
     asha = spec.search.asha

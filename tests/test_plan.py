@@ -48,6 +48,28 @@ def test_trial_key_ignores_execution_settings_only():
     assert trial_key({**cfg, "train": {**cfg["train"], "lr": 0.5}}) != trial_key(cfg)
 
 
+def test_trial_keys_of_a_plan_are_trial_key_of_each_config():
+    # build_plan serialises each arm's config once for all its seeds (_seed_keys); the keys must
+    # stay those of trial_key, or --resume and the Parquet tables lose their trials.
+    spec = small_spec(seeds=[0, 1, 7, 12, 2**32 - 1], base={
+        "model": {"backbone": "localvit_micro", "arch": {"mlp_ratio": 2.5}},
+        "data": {"name": "digits", "num_workers": 3}, "threads": 2,
+        "train": {"epochs": 2, "batch_size": 32, "ema": False}})
+    plan = build_plan(spec, source="t.yaml")
+    assert [t.key for t in plan.trials] == [trial_key(t.config) for t in plan.trials]
+    assert len({t.key for t in plan.trials}) == len(plan.trials) == 4 * 5
+
+
+def test_format_overrides_spells_dotted_keys_like_arm_names():
+    from orchestrator.plan import format_overrides
+
+    assert format_overrides({"model.locality": {"expansion": 2, "dw_conv": False},
+                             "model.arch": {"mlp_ratio": 6.0}, "model.backbone": "deit_tiny",
+                             "model.locality.layers": [1, 4], "aug.auto_augment": None}) == [
+        "model.locality.expansion=2", "model.locality.dw_conv=false", "model.arch.mlp_ratio=6",
+        "model.backbone=deit_tiny", "model.locality.layers=[1,4]", "aug.auto_augment=none"]
+
+
 def test_identical_configs_run_once_under_the_first_name():
     plan = build_plan(small_spec(baseline={}), source="t.yaml")
     assert plan.arms[0].name == "baseline" and plan.arms[0].aliases == ("base",)

@@ -115,3 +115,73 @@ def test_cli_table_shows_paper_figures(capsys):
 def test_cli_errors_exit_2(capsys, argv, pattern):
     assert profile.main(argv) == 2
     assert pattern in capsys.readouterr().err
+
+
+# Locality overrides that build different locality FFNs; several share a layer set, so the
+# counter reuses one whole-model trace for them and traces only their FFNs.
+KNOBS = ["default", None, {"act": "relu6"}, {"act": "hs+eca", "dw_conv": False},
+         {"act": "hs+ecah", "expansion": 2}, {"act": "hs+se", "expansion": 3, "reduction": 2},
+         {"expansion": "mlp_ratio"}, {"layers": "1-2"}, {"layers": "1-2", "act": "hs"},
+         {"layers": [1, 4], "dw_conv": False}]
+
+
+def _layer_sets(backbone):
+    from trainers.locality import resolve_layers
+
+    depth = registry.depth(backbone)
+    sets = set()
+    for knobs in KNOBS:
+        spec = registry.resolve_locality(backbone, knobs)
+        sets.add(None if spec is None else resolve_layers(spec.layers, depth))
+    return len(sets)
+
+
+@pytest.mark.parametrize("backbone", ["localvit_micro", "vit_micro", "localvit_swin_micro",
+                                      "swin_micro", "localvit_tnt_micro", "localvit_pvt_micro",
+                                      "pvt_micro", "localvit_t2t_micro"])
+def test_mac_counter_is_count_macs_of_the_built_model_exactly(backbone):
+    from trainers.config import ModelConfig
+
+    counter = profile.MacCounter(num_classes=10)
+    img = registry.default_img_size(backbone)
+    for knobs in KNOBS:
+        cfg = ModelConfig(backbone=backbone, locality=knobs)
+        model = registry.build_from_config(cfg, num_classes=10, img_size=img)
+        assert counter.macs(cfg, img) == profile.count_macs(model, img), knobs
+    if "t2t" in backbone:
+        # The token layers' FFN has knobs of its own: every model is traced whole.
+        assert counter.traced_models == len(KNOBS)
+    else:
+        assert counter.traced_models == _layer_sets(backbone) < len(KNOBS)
+        assert counter.traced_ffns > 0
+
+
+def test_mac_counter_on_the_paper_models():
+    from trainers.config import ModelConfig
+
+    counter = profile.MacCounter(num_classes=10)
+    for backbone, knobs in [("deit_tiny", "default"), ("localvit_tiny", "default"),
+                            ("localvit_tiny", {"act": "relu6", "expansion": 6}),
+                            ("localvit_tiny", {"act": "hs+eca", "dw_conv": False}),
+                            ("localvit_tiny", {"layers": "5-8", "reduction": 48})]:
+        cfg = ModelConfig(backbone=backbone, locality=knobs)
+        model = registry.build_from_config(cfg, num_classes=10, img_size=224)
+        assert counter.macs(cfg, 224) == profile.count_macs(model, 224), (backbone, knobs)
+    assert counter.traced_models == 3  # deit_tiny, localvit_tiny all blocks, blocks 5-8
+
+
+def test_mac_counter_does_not_use_a_split_that_does_not_check_out(monkeypatch):
+    from trainers.config import ModelConfig
+
+    def wrong_place(call):  # a batch of 2: the FFN alone counts twice what it did in the model
+        dim, ratio, shape, grid, prefix, device = place(call)
+        return dim, ratio, (2, *shape[1:]), grid, prefix, device
+
+    place = profile._ffn_place
+    monkeypatch.setattr(profile, "_ffn_place", wrong_place)
+    counter = profile.MacCounter(num_classes=10)
+    for knobs in ({"act": "relu6"}, {"act": "hs"}, {"act": "hs+se"}):
+        cfg = ModelConfig(backbone="localvit_micro", locality=knobs)
+        model = registry.build_from_config(cfg, num_classes=10, img_size=16)
+        assert counter.macs(cfg, 16) == profile.count_macs(model, 16)
+    assert counter.traced_models == 3

@@ -289,6 +289,8 @@ class LocalityFeedForward(nn.Module):
         layers += [nn.Conv2d(hidden, dim, 1, bias=False, **kw), nn.BatchNorm2d(dim, **kw)]
         self.conv = nn.Sequential(*layers)
         self.spec = spec
+        # With dim and spec, all that shapes this block (trainers.profile.MacCounter rebuilds it).
+        self.mlp_ratio = mlp_ratio
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
                 ) -> torch.Tensor:

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["MACS_COUNTED", "count_macs", "count_params", "count_trainable_params", "main",
-           "make_train_step", "measure_images_per_s"]
+__all__ = ["MACS_COUNTED", "MacCounter", "count_macs", "count_params", "count_trainable_params",
+           "main", "make_train_step", "measure_images_per_s"]
 
 MACS_COUNTED = ("MACs = FLOPs/2 of every linear, conv (depth-wise included) and matmul "
                 "(attention included), one image, eval mode; norms, activations, softmax not "
@@ -67,14 +67,188 @@ def _input(model: nn.Module, img_size: int | Sequence[int], in_chans: int, batch
 
 def count_macs(model: nn.Module, img_size: int | Sequence[int], in_chans: int = 3) -> int:
     """Multiply-accumulates of one forward pass on one image (see the module docstring)."""
-    was_training = model.training
-    model.eval()  # BatchNorm running stats stay untouched
+    return _count_flops(model, lambda: (_input(model, img_size, in_chans, 1),))[0] // 2
+
+
+def _count_flops(module: nn.Module, inputs: Callable[[], tuple], *,
+                 watch: type[nn.Module] | None = None) -> tuple[int, list[_Call]]:
+    """FLOPs of `module(*inputs())` in eval mode, and every call of a `watch` submodule in it
+    (its arguments and the FLOPs counted inside it)."""
+    calls: list[_Call] = []
+    handles = []
+    was_training = module.training
+    module.eval()  # BatchNorm running stats stay untouched
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
-            model(_input(model, img_size, in_chans, 1))
+            if watch is not None:
+                for sub in module.modules():
+                    if isinstance(sub, watch):
+                        handles += _watch(sub, counter, calls)
+            module(*inputs())
     finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+    return counter.get_total_flops(), calls
+
+
+@dataclasses.dataclass
+class _Call:
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    flops: int = -1     # -1 until the call returned
+
+
+def _watch(module: nn.Module, counter: FlopCounterMode, calls: list[_Call]) -> list:
+    started: list[tuple[_Call, int]] = []
+
+    def before(mod, args, kwargs):
+        call = _Call(mod, args, kwargs)
+        calls.append(call)
+        started.append((call, counter.get_total_flops()))
+
+    def after(mod, args, kwargs, out):
+        call, flops_before = started.pop()
+        call.flops = counter.get_total_flops() - flops_before
+
+    return [module.register_forward_pre_hook(before, with_kwargs=True),
+            module.register_forward_hook(after, with_kwargs=True)]
+
+
+class MacCounter:
+    """`count_macs` of registry models from their configs, fast for many models that differ only
+    in the locality knobs; the number is exactly count_macs(build_from_config(cfg), img_size).
+
+    A model's count is a sum over the operations of its forward pass, and the knobs act, expansion,
+    reduction and dw_conv change nothing but the insides of its `LocalityFeedForward` blocks (the
+    `layers` knob says which blocks have one). So a model is traced once per architecture with the
+    FFNs left in place (the backbone, arch, drop_path, image size and which blocks get the FFN):
+    that gives the count of everything outside the FFNs, and each FFN's place (width, MLP ratio,
+    input shape, token grid). Every other set of knobs then costs the count of those FFNs alone,
+    each traced on its own once per (place, knobs). The split is checked before it is used: each
+    FFN traced on its own must count what it counted inside the model, and every FFN must have the
+    model's knobs (T2T's token layers do not); where that fails the architecture is traced whole
+    for each model, as count_macs would. Models are built on the meta device (no memory, no
+    arithmetic) unless they cannot be built there.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        self.num_classes = num_classes
+        self.traced_models = 0      # whole-model traces, for the curious and the tests
+        self.traced_ffns = 0
+        self._models: dict[str, int] = {}
+        self._archs: dict[str, _Arch | None] = {}
+        self._ffns: dict[tuple, int] = {}
+
+    def macs(self, cfg: Any, img_size: int | Sequence[int]) -> int:
+        """MACs of one forward pass on one image of the model of `cfg` (a ModelConfig)."""
+        from . import registry
+        from .locality import resolve_layers
+
+        size = img_size if isinstance(img_size, int) else tuple(img_size)
+        ident = json.dumps([cfg.model_dump(mode="json"), size], sort_keys=True)
+        if ident in self._models:
+            return self._models[ident]
+        spec = registry.resolve_locality(cfg.backbone, cfg.locality)
+        layers = (None if spec is None else
+                  sorted(resolve_layers(spec.layers, registry.depth(cfg.backbone, **cfg.arch))))
+        arch_key = json.dumps([cfg.backbone, cfg.arch, cfg.drop_path, size, layers],
+                              sort_keys=True)
+        if arch_key not in self._archs:
+            flops, self._archs[arch_key] = self._trace(cfg, size, spec)
+        elif (arch := self._split(arch_key)) is None:
+            model = self._build(cfg, size)
+            self.traced_models += 1
+            flops = _count_flops(model, lambda: (_input(model, size, 3, 1),))[0]
+        else:
+            flops = arch.rest + sum(self._ffn_flops(place, spec) for place in arch.ffns)
+        self._models[ident] = flops // 2
+        return flops // 2
+
+    def _build(self, cfg: Any, size: Any) -> nn.Module:
+        from . import registry
+
+        try:
+            with torch.device("meta"):
+                return registry.build_from_config(cfg, num_classes=self.num_classes,
+                                                  img_size=size)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return registry.build_from_config(cfg, num_classes=self.num_classes, img_size=size)
+
+    def _trace(self, cfg: Any, size: Any, spec: Any) -> tuple[int, _Arch | None]:
+        """Trace the whole model; its FFNs' places and counts, or None if it has no such split."""
+        from .locality import LocalityFeedForward
+
+        model = self._build(cfg, size)
+        self.traced_models += 1
+        total, calls = _count_flops(model, lambda: (_input(model, size, 3, 1),),
+                                    watch=LocalityFeedForward)
+        ffns = [m for m in model.modules() if isinstance(m, LocalityFeedForward)]
+        if len(calls) != len(ffns) or {id(c.module) for c in calls} != {id(m) for m in ffns}:
+            return total, None      # an FFN ran twice or never
+        found = [_ffn_place(call) for call in calls]
+        places = tuple(p for p in found if p is not None)
+        if len(places) != len(found) or any(call.module.spec != spec for call in calls):
+            return total, None      # an FFN with knobs of its own (T2T's token layers)
+        return total, _Arch(rest=total - sum(c.flops for c in calls), ffns=places, spec=spec,
+                            ffn_flops=tuple(c.flops for c in calls))
+
+    def _split(self, arch_key: str) -> _Arch | None:
+        """The architecture's split, checked the first time it is used for other knobs: each FFN
+        traced on its own counts what it counted inside the model."""
+        arch = self._archs[arch_key]
+        if arch is not None and not arch.checked:
+            try:
+                arch.checked = all(self._ffn_flops(place, arch.spec) == flops
+                                   for place, flops in zip(arch.ffns, arch.ffn_flops, strict=True))
+            except Exception:  # noqa: BLE001 - an FFN that cannot run alone: no split
+                arch.checked = False
+            if not arch.checked:
+                arch = self._archs[arch_key] = None
+        return arch
+
+    def _ffn_flops(self, place: tuple, spec: Any) -> int:
+        key = (place, dataclasses.replace(spec, layers="all"))
+        if key not in self._ffns:
+            from .locality import LocalityFeedForward
+
+            dim, mlp_ratio, shape, grid, prefix, device = place
+            with torch.device(device):
+                ffn = LocalityFeedForward(dim, spec, mlp_ratio=mlp_ratio)
+            x = torch.empty(shape, device=device)
+            self._ffns[key] = _count_flops(ffn, lambda: (x, grid, prefix))[0]
+            self.traced_ffns += 1
+        return self._ffns[key]
+
+
+@dataclasses.dataclass
+class _Arch:
+    rest: int                   # FLOPs outside the locality FFNs
+    ffns: tuple[tuple, ...]     # each FFN's place (see _ffn_place)
+    spec: Any                   # the knobs it was traced with
+    ffn_flops: tuple[int, ...]  # each FFN's FLOPs inside the model
+    checked: bool = False
+
+
+def _ffn_place(call: _Call) -> tuple | None:
+    """(dim, mlp_ratio, input shape, grid, prefix tokens, device) of a LocalityFeedForward call,
+    or None if it was not called as forward(x, grid, num_prefix_tokens)."""
+    names = ("x", "grid", "num_prefix_tokens")
+    # Fewer positional arguments than names: the rest came by keyword (or not at all).
+    bound = {**dict(zip(names, call.args, strict=False)), **call.kwargs}
+    if set(bound) - set(names) or "x" not in bound or "grid" not in bound:
+        return None
+    from .locality import LocalityFeedForward
+
+    x = bound["x"]
+    module = call.module
+    assert isinstance(module, LocalityFeedForward), type(module)
+    conv = module.conv[0]
+    assert isinstance(conv, torch.nn.Conv2d), type(conv)
+    return (conv.in_channels, module.mlp_ratio, tuple(x.shape),
+            tuple(int(g) for g in bound["grid"]), int(bound.get("num_prefix_tokens", 0)),
+            str(x.device))
 
 
 def make_train_step(model: nn.Module, img_size: int | Sequence[int], batch_size: int,
