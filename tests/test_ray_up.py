@@ -38,7 +38,8 @@ HOME = Path.home()
 pytestmark = [pytest.mark.ray_up, pytest.mark.timeout(900)]
 
 # What the cluster's commands create in the login user's home.
-CREATED = ("localvit", "venv", "ray_bootstrap_config.yaml", "mlflow-ui.log", "mlflow-ui.pid")
+CREATED = ("localvit", "venv", "ray_bootstrap_config.yaml", "ray_bootstrap_key.pem",
+           "mlflow-ui.log", "mlflow-ui.pid")
 
 
 def _missing() -> str | None:
