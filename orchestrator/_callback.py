@@ -70,6 +70,11 @@ class SinkCallback(Callback):
         self._finished_ids: set[str] = set()
         self._announced: set[str] = set()
 
+    def set_factory_kwargs(self, **kwargs: Any) -> None:
+        """Change what the sinks are built with (a resumed sweep logs to today's MLflow store,
+        not to the one saved with the experiment)."""
+        self._factory_kwargs.update(kwargs)
+
     def attach_scheduler(self, scheduler: Any) -> None:
         """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""
         self._scheduler = scheduler

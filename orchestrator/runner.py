@@ -379,6 +379,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     callback = next(cb for cb in local.get_run_config().callbacks or ()
                     if isinstance(cb, SinkCallback))
     callback.attach_scheduler(local._tune_config.scheduler)
+    # Restored, it would log to the store saved with the experiment; log where MLflow is now.
+    callback.set_factory_kwargs(tracking_uri=uri)
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:

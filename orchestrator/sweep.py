@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from orchestrator.runner import check_storage, run_sweep
 
-        check_storage(plan, resume=args.resume)
+        target = check_storage(plan, resume=args.resume)
+        if args.resume:
+            _catch_up_mlflow(target, err)
         result = run_sweep(plan, resume=args.resume, address=args.address,
                            notify=lambda line: err.print(f"waiting: {line}", markup=False,
                                                          soft_wrap=True))
@@ -187,6 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _print_summary(plan, result, args.spec, console, err)
     return result.exit_code
+
+
+def _catch_up_mlflow(sweep_dir, err) -> None:
+    """--resume: first replay what Parquet has and MLflow may lack (a store that was down while
+    trials finished; the same replay as `orchestrator.sync`, so nothing is logged twice)."""
+    from orchestrator.tables import TRIALS_FILE
+
+    if not (sweep_dir / TRIALS_FILE).is_file():
+        return
+    from orchestrator.sync import sync
+
+    try:
+        sync(sweep_dir)
+    except SweepError:
+        return      # nothing finished yet: the resumed sweep logs everything itself
+    except Exception as exc:  # noqa: BLE001 - the store is still down: the sweep goes on
+        err.print(f"MLflow not brought up to date before resuming ({type(exc).__name__}: "
+                  f"{exc}); the Parquet tables keep everything", markup=False, soft_wrap=True)
 
 
 def _print_summary(plan, result, spec_path, console, err) -> None:

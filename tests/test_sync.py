@@ -98,3 +98,17 @@ def test_sync_of_a_missing_or_broken_table_exits_2_naming_it(unsynced, tmp_path,
     err = capsys.readouterr().err
     assert f"{broken / 'trials.parquet'}: not a readable Parquet table" in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_first_brings_mlflow_up_to_date_from_parquet(unsynced, tmp_path, monkeypatch):
+    # The store is back: `--resume` replays what MLflow missed before it runs anything (here the
+    # sweep had finished, so the replay is all there is to do).
+    sweep, _, _ = unsynced
+    spec = sweep.parent.parent / "sync.yaml"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(spec), "--set", f"run.storage={sweep.parent}", "--resume"])
+    assert code == 0, err.getvalue()[-3000:]
+    _mlflow_matches_parquet(sweep, uri)
