@@ -12,6 +12,7 @@ that already exists without `--resume`, or a `--resume` with nothing to resume i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -39,12 +40,16 @@ class SweepResult:
     num_errors: int                         # trials Tune counts as errored (resumed ones too)
     interrupted: bool = False
     sink_errors: list[str] = field(default_factory=list)
+    tune_error: str = ""                    # Tune itself raised (after its trials had ended)
+    storage_errors: list[str] = field(default_factory=list)   # storage not writable at the end
 
     @property
     def exit_code(self) -> int:
-        """0: every trial completed or was stopped; 1: a trial failed or a sink broke."""
+        """0: every trial completed or was stopped; 1: a trial failed, a sink broke, the sweep
+        was cut short or its storage could not be written."""
         failed = any(o.status == "failed" for o in self.outcomes.values())
-        return 1 if failed or self.num_errors or self.sink_errors or self.interrupted else 0
+        return 1 if (failed or self.num_errors or self.sink_errors or self.interrupted
+                     or self.tune_error or self.storage_errors) else 0
 
 
 def sweep_dir(plan: Plan) -> Path:
@@ -198,6 +203,9 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed save of Tune's state logs a traceback each time; the summary names the folder
+    # that cannot be written instead (storage_problems).
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     # "Trials did not complete: [...]": the summary names the failed and interrupted trials.
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
 
@@ -229,13 +237,13 @@ def _domain(dom: Any) -> Any:
     }[dom.kind]()
 
 
-def _param_space(plan: Plan) -> dict[str, Any]:
+def _param_space(plan: Plan, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     from ray import tune
 
     if plan.is_search:
         return {key: _domain(dom) for key, dom in plan.spec.search.space.items()}
     points = [{"key": t.key, "arm": t.arm, "seed": t.seed, "config": dict(t.config),
-               "aliases": list(t.aliases)} for t in plan.trials]
+               "aliases": list(t.aliases)} for t in plan.trials if t.key not in skip]
     return {"trial": tune.grid_search(points)}
 
 
@@ -313,13 +321,67 @@ def run_sweep(
     check_capacity(plan, cluster=bool(address), notify=notify)
     target.mkdir(parents=True, exist_ok=True)
     with DriverLock(target, f"{plan.source}: run.storage"):
-        return _run_locked(plan, target, resume=resume and _saved_state(plan), address=address,
-                           sink_factory=sink_factory, tracking_uri=tracking_uri)
+        skip: frozenset[str] = frozenset()
+        resume = resume and _saved_state(plan)
+        if resume and _set_aside_damaged_state(plan) and not _saved_state(plan):
+            skip = _rerun_without_tune_state(plan, target, notify)
+            resume = False
+        return _run_locked(plan, target, resume=resume, address=address,
+                           sink_factory=sink_factory, tracking_uri=tracking_uri, skip=skip)
+
+
+def _set_aside_damaged_state(plan: Plan) -> bool:
+    """Tune's newest experiment state unreadable (Tune writes it in place: a disk that filled
+    up leaves it cut short)? Rename it `*.damaged`, so that Tune restores an older one if there
+    is one. Whether one was set aside."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(_tune_experiment_dir(plan))
+    found = sorted((i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                    if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json")), key=lambda i: i.base_name)
+    if not found:
+        return False
+    newest = found[-1].path
+    try:
+        with fs.open_input_stream(newest) as f:
+            json.loads(f.readall())
+        return False
+    except (OSError, ValueError):
+        fs.move(newest, newest + ".damaged")
+        return True
+
+
+def _rerun_without_tune_state(plan: Plan, target: Path,
+                              notify: Callable[[str], None] | None) -> frozenset[str]:
+    """No readable Tune state left: run again the planned trials that trials.parquet does not
+    have as completed or stopped (Parquet is the system of record). The keys to skip."""
+    from orchestrator.tables import TRIALS_FILE, read_trials
+
+    where = f"{plan.source}: --resume"
+    if plan.is_search or plan.spec.asha_unit == "arm":
+        raise ResumeError(
+            f"{where}: Ray Tune's saved state in {_tune_experiment_dir(plan)} is damaged (cut "
+            f"short, as when the disk filled up while Tune wrote it), and this sweep's "
+            f"{'search' if plan.is_search else 'arm-level early stopping'} cannot be rebuilt "
+            f"without it; the finished trials are in {target / TRIALS_FILE}; run the study again "
+            f"under a new name with --set name=<new name>")
+    done: frozenset[str] = frozenset()
+    if (target / TRIALS_FILE).is_file():
+        trials = read_trials(target, decode_config=False)
+        done = frozenset(trials.loc[trials["status"].isin(["completed", "stopped"]), "trial_key"])
+    if notify is not None:
+        notify(f"Ray Tune's saved state was damaged (set aside as *.damaged); the "
+               f"{len(done)} trials trials.parquet has as finished are kept, the other "
+               f"{plan.num_trials - len(done)} start again from their first epoch")
+    return done
 
 
 def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
-                sink_factory: Callable[..., Sequence[Sink]], tracking_uri: str | None
-                ) -> SweepResult:
+                sink_factory: Callable[..., Sequence[Sink]], tracking_uri: str | None,
+                skip: frozenset[str] = frozenset()) -> SweepResult:
     from ray import tune
 
     from orchestrator._callback import SinkCallback
@@ -329,6 +391,9 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
     uri = tracking_uri or default_tracking_uri(storage_root)
+    if skip and all(t.key in skip for t in plan.trials):
+        return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri, outcomes={},
+                           num_errors=0)       # every trial had finished: nothing to run
 
     res = spec.run.resources_per_trial
     trainable = tune.with_resources(
@@ -351,7 +416,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
         )
         tuner = tune.Tuner(
             trainable,
-            param_space=_param_space(plan),
+            param_space=_param_space(plan, skip),
             tune_config=tune.TuneConfig(
                 metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
                 search_alg=_search_alg(plan),
@@ -381,20 +446,50 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     callback.attach_scheduler(local._tune_config.scheduler)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
-    interrupted = False
+    interrupted, tune_error = False, ""
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
         grid = tuner.fit()
         num_errors = grid.num_errors
     except KeyboardInterrupt:
         interrupted, num_errors = True, 0
+    except Exception as exc:  # noqa: BLE001 - Tune's own failure (e.g. its results unreadable
+        # on a full disk): the sinks hold every trial that ended; --resume continues the rest.
+        interrupted, num_errors = True, 0
+        tune_error = f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
     finally:
         signal.signal(signal.SIGTERM, previous)
         callback.finish(interrupted=interrupted)
     interrupted = interrupted or callback.interrupted
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
-                       interrupted=interrupted, sink_errors=list(callback.sink_errors))
+                       interrupted=interrupted, sink_errors=list(callback.sink_errors),
+                       tune_error=tune_error, storage_errors=storage_problems(plan))
+
+
+def storage_problems(plan: Plan) -> list[str]:
+    """The sweep's folders that cannot take a write now (full, read-only, gone): one line each,
+    naming the folder and the system's reason. Tables written before such a fault are whole:
+    every write is a temporary file renamed over the target."""
+    folders = [sweep_dir(plan)]
+    location = plan.spec.run.tune_storage
+    if location is None or not _is_uri(location):
+        folders.append(Path(_tune_experiment_dir(plan)))
+    problems = []
+    for folder in dict.fromkeys(folders):
+        probe = folder / f".write-probe-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            problems.append(f"cannot write to {folder}: {exc.strerror or exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    return problems
 
 
 def _sigterm_as_sigint(signum: int, frame: Any) -> None:

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             _catch_up_mlflow(target, err)
         result = run_sweep(plan, resume=args.resume, address=args.address,
-                           notify=lambda line: err.print(f"waiting: {line}", markup=False,
+                           notify=lambda line: err.print(f"note: {line}", markup=False,
                                                          soft_wrap=True))
     except SweepError as exc:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
@@ -214,10 +214,18 @@ def _print_summary(plan, result, spec_path, console, err) -> None:
     from orchestrator.report import ReportError, verdict_table, write_report
     from orchestrator.tracking import log_report, mlflow_ui_command, sweep_browse_url
 
+    for problem in result.storage_errors:
+        err.print(f"error: storage: {problem}. Every table written there before is whole; make "
+                  f"room (or make it writable), then continue with: python -m orchestrator.sweep "
+                  f"{spec_path} --resume (with the same --set options)", markup=False,
+                  soft_wrap=True)
+    if result.tune_error:
+        err.print(f"Ray Tune stopped with an error: {result.tune_error}", markup=False,
+                  soft_wrap=True)
     report = None
     try:
         report = write_report(result.storage_dir)
-    except ReportError as exc:
+    except (ReportError, OSError) as exc:
         err.print(f"report not written: {exc}", markup=False, soft_wrap=True)
     if report is not None:
         console.print(verdict_table(report))

@@ -155,6 +155,9 @@ def _quiet_mlflow() -> None:
     """MLflow logs schema migrations and run links at INFO; the progress view owns the terminal."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A failed store write is raised to the sink (one line in the sweep's summary); MLflow would
+    # also log it with its whole SQL statement and traceback.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _metric_name(name: str) -> str:
