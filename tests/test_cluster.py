@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import driver_process
 import pandas as pd
 import psutil
 import pytest
@@ -132,7 +133,7 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> list[int]:
     for p in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
-    _, alive = psutil.wait_procs(family, timeout=20)
+    _, alive = psutil.wait_procs(family, timeout=5)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
@@ -237,21 +238,10 @@ def cluster(node_env, tmp_path):
 
 
 def _driver(cluster: Cluster, spec: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """The sweep through `--address` on the cluster; each run its own log."""
     log = spec.with_suffix(f".{len(list(spec.parent.glob('*.driver*.log')))}.driver.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.sweep", str(spec), "--address",
-             cluster.address, *args], cwd=ROOT, env=cluster.env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
-
-
-def _wait_for_log(proc: subprocess.Popen, log: Path, predicate, what: str) -> None:
-    def seen() -> bool:
-        assert proc.poll() is None, f"driver exited before {what}:\n{log.read_text()[-3000:]}"
-        return predicate(log.read_text())
-
-    _wait(seen, what, 240)
+    return driver_process.start([str(spec), "--address", cluster.address, *args], log,
+                                env=cluster.env), log
 
 
 # ------------------------------------------------------------------------- the cluster tests
@@ -267,18 +257,18 @@ def test_two_node_sweep_keeps_tune_state_in_s3_and_resumes_from_it(cluster, s3, 
 
     proc, log = _driver(cluster, spec, *args)
     try:
-        _wait_for_log(proc, log, lambda text: " epoch 1 " in text, "a first epoch")
+        driver_process.wait_for(proc, log, " epoch 1 ")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 1, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        driver_process.kill(proc)
     assert "--resume" in log.read_text()
 
     proc, log = _driver(cluster, spec, *args, "--resume")
     try:
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        driver_process.kill(proc)
 
     sweep = storage / "cluster"
     trials = pd.read_parquet(sweep / "trials.parquet")
@@ -308,11 +298,11 @@ def test_a_lost_worker_node_moves_its_trial_which_goes_on_from_its_checkpoint(cl
                         f"run.tune_storage={shared}", "--set", "base.train.epochs=8")
     try:
         # Both trials running (one per node) and past their first checkpoint: lose the worker.
-        _wait_for_log(proc, log, lambda text: text.count(" epoch 2 ") >= 2, "two trials at epoch 2")
+        driver_process.wait_for(proc, log, lambda text: text.count(" epoch 2 ") >= 2)
         cluster.kill(worker)
         assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        driver_process.kill(proc)
 
     trials = pd.read_parquet(storage / "lost" / "trials.parquet")
     assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 8).all(), trials

@@ -11,13 +11,11 @@ reported an epoch; the resume runs in-process on the suite's Ray session.
 
 import contextlib
 import io
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
+import driver_process
 import pandas as pd
 import pytest
 
@@ -41,27 +39,14 @@ def _mlflow_trial_runs(storage: Path) -> list:
 
 
 def _start_driver(tmp: Path) -> tuple[subprocess.Popen, list[str], Path, Path]:
-    """The study as `python -m orchestrator.sweep` in its own process group, storage and log in
-    `tmp`: (process, its arguments for the --resume, storage root, log file)."""
+    """The study as a driver process, storage and log in `tmp`: (process, its arguments for the
+    --resume, storage root, log file)."""
     spec = tmp / "sig.yaml"
     spec.write_text(SPEC)
     storage = tmp / "sweeps"
     args = [str(spec), "--set", f"run.storage={storage}"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = tmp / "driver.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return proc, args, storage, log
-
-
-def _wait_for_line(proc: subprocess.Popen, log: Path, line: str) -> None:
-    deadline = time.monotonic() + 240
-    while line not in log.read_text():
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"no {line!r} line within 240 s"
-        time.sleep(0.02)
+    return driver_process.start(args, log), args, storage, log
 
 
 def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
@@ -69,13 +54,11 @@ def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
     # walks Ctrl-C's path; one signalled driver keeps the suite's time down.
     proc, args, storage, log = _start_driver(tmp_path)
     try:
-        _wait_for_line(proc, log, " epoch 1 ")
+        driver_process.wait_for(proc, log, " epoch 1 ")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        driver_process.kill(proc)
     text = log.read_text()
     assert code == 1, text[-3000:]
     assert "--resume" in text, text[-3000:]
@@ -112,10 +95,9 @@ def test_sigkill_at_a_moment_then_resume_ends_every_trial_once(moment, line, ray
     # still end with each trial once in Parquet and in MLflow (none left RUNNING).
     proc, args, storage, log = _start_driver(tmp_path)
     try:
-        _wait_for_line(proc, log, line)
+        driver_process.wait_for(proc, log, line)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        driver_process.kill(proc)
     assert "Report:" not in log.read_text()     # killed before the end, as meant
 
     err = io.StringIO()

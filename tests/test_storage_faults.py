@@ -9,12 +9,10 @@ the test skips and says why); the filler is written inside that mount only.
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
+import driver_process
 import pandas as pd
 import pytest
 
@@ -53,42 +51,19 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def _driver(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-
-
 def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_completes(
         small_disk, tmp_path):
     spec = tmp_path / "full.yaml"
     spec.write_text(two_arm_spec("full", "{resources_per_trial: {cpu: 1}, max_concurrent: 1}"))
     args = [str(spec), "--set", f"run.storage={small_disk}", "--set", "base.train.epochs=5"]
     log = tmp_path / "driver.log"
-    proc = _driver(args, log)
+    proc = driver_process.start(args, log)
     try:
-        deadline = time.monotonic() + 240
-        while " completed after " not in log.read_text():      # the first trial's row written
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial completed within 240 s"
-            time.sleep(0.05)
+        driver_process.wait_for(proc, log, " completed after ")     # the first trial's row
         filler = _fill(small_disk)
-        code = _wait(proc, 300)
+        code = proc.wait(timeout=300)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        driver_process.kill(proc)
     text = log.read_text()
     assert code == 1, text[-3000:]
     sweep = small_disk / "full"
@@ -105,7 +80,11 @@ def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_comple
 
     filler.unlink()
     log2 = tmp_path / "resume.log"
-    code = _wait(_driver([*args, "--resume"], log2), 300)
+    proc = driver_process.start([*args, "--resume"], log2)
+    try:
+        code = proc.wait(timeout=300)
+    finally:
+        driver_process.kill(proc)
     assert code == 0, log2.read_text()[-3000:]
     trials = pd.read_parquet(sweep / "trials.parquet")
     assert sorted(trials["arm"]) == ["baseline", "localvit"]
