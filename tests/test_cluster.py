@@ -253,11 +253,15 @@ def test_two_node_sweep_keeps_tune_state_in_s3_and_resumes_from_it(cluster, s3, 
     spec = tmp_path / "cluster.yaml"
     spec.write_text(two_arm_spec("cluster", "{resources_per_trial: {cpu: 1}, max_concurrent: 2}"))
     storage = tmp_path / "sweeps"
-    args = ["--set", f"run.storage={storage}", "--set", "run.tune_storage=s3://sweeps/tune"]
+    # 8 epochs: long enough that the two trials overlap, one per node. (With 3 short ones, a
+    # trial could end before the other's actor was up, and Tune would reuse its actor there.)
+    args = ["--set", f"run.storage={storage}", "--set", "run.tune_storage=s3://sweeps/tune",
+            "--set", "base.train.epochs=8"]
 
     proc, log = _driver(cluster, spec, *args)
     try:
-        driver_process.wait_for(proc, log, " epoch 1 ")
+        # Both trials running: each has reported a first epoch, on its own node.
+        driver_process.wait_for(proc, log, lambda text: text.count(" epoch 1 ") >= 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 1, log.read_text()[-3000:]
     finally:
@@ -273,9 +277,9 @@ def test_two_node_sweep_keeps_tune_state_in_s3_and_resumes_from_it(cluster, s3, 
     sweep = storage / "cluster"
     trials = pd.read_parquet(sweep / "trials.parquet")
     assert sorted(trials["arm"]) == ["baseline", "localvit"]
-    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 3).all()
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 8).all()
     epochs = pd.read_parquet(sweep / "epochs.parquet")
-    assert len(epochs) == 6 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    assert len(epochs) == 16 and not epochs.duplicated(["trial_key", "epoch"]).any()
     # Both nodes trained (one CPU each, two trials at a time), each epoch says where.
     assert epochs["node"].notna().all() and epochs["node"].nunique() == 2, epochs
     # Tune's experiment and the checkpoints are in the bucket, nothing of it on local disk.
