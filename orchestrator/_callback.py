@@ -20,7 +20,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus
+from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus, is_better
 from orchestrator.plan import PlannedTrial, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
 
@@ -160,10 +160,9 @@ class SinkCallback(Callback):
         self._last[tid] = metrics
         metric, mode = self._start_kwargs["metric"], self._start_kwargs["mode"]
         value = metrics.get(metric)
-        if value is not None and not math.isnan(value):
-            best = self._best.get(tid)
-            if best is None or (value > best if mode == "max" else value < best):
-                self._best[tid] = value
+        best = self._best.get(tid)
+        if value is not None and not math.isnan(value) and is_better(value, best, mode):
+            self._best[tid] = value
         return epoch, metrics
 
     def _outcome(self, trial: Any, status: TrialStatus, reason: str, error: str = ""

@@ -22,6 +22,7 @@ import pandas as pd
 
 from orchestrator._report_inputs import SweepInputs, canonical
 from orchestrator._report_render import Cell, Table, cells
+from orchestrator.events import best_of
 
 __all__ = ["arms_table", "axis_tables", "backbone_table", "factorial_table", "fmt_count",
            "fmt_p", "fmt_value", "short_names", "wants_backbone_table"]
@@ -77,10 +78,8 @@ def _diff(row: Mapping[str, Any]) -> str:
 
 
 def _best(rows: Sequence[Mapping[str, Any]], mode: str) -> float | None:
-    means = [r["mean"] for r in rows if r["state"] == "finished" and not _missing(r["mean"])]
-    if not means:
-        return None
-    return max(means) if mode == "max" else min(means)
+    return best_of((r["mean"] for r in rows if r["state"] == "finished"
+                    and not _missing(r["mean"])), mode)
 
 
 def _is_best(row: Mapping[str, Any], best: float | None) -> bool:

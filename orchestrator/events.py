@@ -9,11 +9,11 @@ a second MLflow run or a second set of Parquet rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-__all__ = ["TrialInfo", "TrialOutcome", "Sink", "TrialStatus"]
+__all__ = ["TrialInfo", "TrialOutcome", "Sink", "TrialStatus", "best_of", "is_better"]
 
 # completed: ran all its epochs; stopped: the scheduler (ASHA) ended it early; failed: it raised.
 TrialStatus = Literal["completed", "stopped", "failed"]
@@ -55,3 +55,18 @@ class Sink(Protocol):
     def trial_finished(self, outcome: TrialOutcome) -> None: ...
 
     def finish(self, *, interrupted: bool = False) -> None: ...
+
+
+def is_better(value: float, than: float | None, mode: str) -> bool:
+    """Whether `value` beats `than` for a metric maximised (`mode="max"`) or minimised; anything
+    beats None."""
+    return than is None or (value > than if mode == "max" else value < than)
+
+
+def best_of(values: Iterable[float], mode: str) -> float | None:
+    """The best of `values` by `mode`, None when there are none."""
+    best: float | None = None
+    for value in values:
+        if is_better(value, best, mode):
+            best = value
+    return best

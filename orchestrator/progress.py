@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.events import TrialInfo, TrialOutcome, is_better
 
 __all__ = ["ProgressSink"]
 
@@ -152,10 +152,7 @@ class ProgressSink:
 
     # -- state -----------------------------------------------------------------------------------
     def _offer_best(self, value: float, key: str) -> None:
-        better = self._best is None or (
-            value > self._best[0] if self._mode == "max" else value < self._best[0]
-        )
-        if better:
+        if is_better(value, self._best[0] if self._best else None, self._mode):
             self._best = (value, key)
 
     def _count(self, state: str) -> int:

@@ -41,7 +41,7 @@ import yaml
 
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._provenance import TRACKED_PACKAGES, provenance
-from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.events import TrialInfo, TrialOutcome, best_of
 
 __all__ = [
     "CONFIG_PREFIX",
@@ -300,9 +300,8 @@ class ParquetSink:
         if final is None and curve:
             final = curve[-1][1]
         best = _float_or_none(outcome.best.get(self._metric))
-        if best is None and curve:
-            values = [v for _, v in curve]
-            best = max(values) if self._mode == "max" else min(values)
+        if best is None:
+            best = best_of((v for _, v in curve), self._mode)
         return final, best
 
     # -- writes ----------------------------------------------------------------------------------

@@ -105,3 +105,14 @@ def test_verdict_is_sign_aware():
     assert stats.verdict(0.2, 0.05, "max") == "n.s."        # not below alpha
     with pytest.raises(ValueError, match="mode"):
         stats.verdict(0.1, 0.01, "up")
+
+
+def test_better_and_best_follow_the_mode():
+    from orchestrator.events import best_of, is_better
+
+    assert is_better(0.9, 0.8, "max") and not is_better(0.8, 0.9, "max")
+    assert is_better(0.8, 0.9, "min") and not is_better(0.9, 0.8, "min")
+    assert is_better(0.5, None, "max") and is_better(0.5, None, "min")
+    assert not is_better(0.5, 0.5, "max") and not is_better(0.5, 0.5, "min")
+    assert best_of([0.3, 0.9, 0.1], "max") == 0.9 and best_of([0.3, 0.9, 0.1], "min") == 0.1
+    assert best_of([], "max") is None
