@@ -74,6 +74,15 @@ def _tune_experiment_dir(plan: Plan) -> str:
     return f"{_tune_storage(plan).rstrip('/')}/{plan.spec.name}"
 
 
+def _unwritable(folder: Path) -> Path | None:
+    """The folder that would hold `folder` (itself, or its nearest existing parent) when it is
+    not a folder this process may create files in; None when it is."""
+    probe = folder.expanduser().resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return None if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK) else probe
+
+
 def _filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
     import pyarrow.fs as pafs
@@ -89,14 +98,10 @@ def _check_tune_storage(plan: Plan, *, resume: bool) -> None:
     if location is None:
         return
     where = f"{plan.source}: run.tune_storage"
-    if not _is_uri(location):
-        probe = Path(location).expanduser().resolve()
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise StorageError(f"{where}: cannot write to {location} ({probe} is not a "
-                               f"writable folder); give a folder every node of the cluster "
-                               f"mounts, or an s3:// or gs:// URI")
+    if not _is_uri(location) and (probe := _unwritable(Path(location))) is not None:
+        raise StorageError(f"{where}: cannot write to {location} ({probe} is not a writable "
+                           f"folder); give a folder every node of the cluster mounts, or an "
+                           f"s3:// or gs:// URI")
     try:
         fs, path = _filesystem(location)
         info = fs.get_file_info(path)
@@ -132,10 +137,7 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
     if root.exists() and not root.is_dir():
         raise StorageError(f"{where}: {root} is a file, not a folder; point run.storage at a "
                            f"folder (for example --set run.storage=./sweeps)")
-    probe = root.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if (probe := _unwritable(root)) is not None:
         raise StorageError(f"{where}: cannot write to {root} ({probe} is not writable); choose "
                            f"a folder you can write, e.g. --set run.storage=./sweeps")
     target = sweep_dir(plan)
@@ -151,15 +153,24 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
     return target
 
 
-def _saved_state(plan: Plan) -> bool:
-    """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
+def _experiment_files(plan: Plan) -> tuple[Any, list[Any]]:
+    """(pyarrow filesystem, the files in Tune's experiment folder of this sweep, by name)."""
     import pyarrow.fs as pafs
 
     fs, path = _filesystem(_tune_experiment_dir(plan))
     found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    names = {info.base_name for info in found if info.type == pafs.FileType.File}
-    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and
-                                        n.endswith(".json") for n in names)
+    return fs, sorted((i for i in found if i.type == pafs.FileType.File),
+                      key=lambda i: i.base_name)
+
+
+def _is_state_file(name: str) -> bool:
+    return name.startswith("experiment_state-") and name.endswith(".json")
+
+
+def _saved_state(plan: Plan) -> bool:
+    """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
+    names = [i.base_name for i in _experiment_files(plan)[1]]
+    return "tuner.pkl" in names and any(_is_state_file(n) for n in names)
 
 
 def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
@@ -336,15 +347,11 @@ def _set_aside_damaged_state(plan: Plan) -> bool:
     is one. Whether one was set aside."""
     import json
 
-    import pyarrow.fs as pafs
-
-    fs, path = _filesystem(_tune_experiment_dir(plan))
-    found = sorted((i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                    if i.base_name.startswith("experiment_state-")
-                    and i.base_name.endswith(".json")), key=lambda i: i.base_name)
-    if not found:
+    fs, files = _experiment_files(plan)
+    states = [i for i in files if _is_state_file(i.base_name)]
+    if not states:
         return False
-    newest = found[-1].path
+    newest = states[-1].path
     try:
         with fs.open_input_stream(newest) as f:
             json.loads(f.readall())
