@@ -15,9 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 __all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter",
            "fit_to_resources", "identify", "run_trial"]
@@ -111,7 +114,7 @@ def _trial_resources() -> tuple[int, float] | None:
     return max(1, int(resources.get("CPU", 1))), float(resources.get("GPU", 0))
 
 
-def fit_to_resources(cfg: Any, cpus: int, gpus: float) -> Any:
+def fit_to_resources(cfg: TrainConfig, cpus: int, gpus: float) -> TrainConfig:
     """The trial's TrainConfig on what Ray gave it: torch threads = its CPUs, at most CPUs - 1
     data-loader workers (the training process needs one), and the CPU when it was given no GPU
     (`device: auto` would otherwise take a GPU of the node that Ray gave to another trial).

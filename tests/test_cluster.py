@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from local_ports import free_port, wait_listening
 
 from tiny_study import two_arm_spec
 
@@ -111,12 +111,6 @@ def test_capacity_waits_for_a_node_type_the_autoscaler_can_add_and_refuses_other
 
 # ------------------------------------------------------------------------- local processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(predicate, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -149,7 +143,7 @@ class Cluster:
 
     def __init__(self, tmp: Path, env: dict[str, str]):
         self.env, self.tmp = env, tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
         self.pids: list[int] = []
@@ -203,7 +197,7 @@ def node_env():
 @pytest.fixture
 def s3(node_env, tmp_path):
     """moto's S3 server on 127.0.0.1 with one bucket; the env every node and driver gets."""
-    port = _free_port()
+    port = free_port()
     with open(tmp_path / "moto.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                  str(port)], stdout=log, stderr=subprocess.STDOUT,
@@ -211,12 +205,8 @@ def s3(node_env, tmp_path):
     node_env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
                     AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
 
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
     try:
-        _wait(listening, "moto's S3 server listening", 60)
+        wait_listening(port, proc, "moto's S3 server", 60)
         import pyarrow.fs as pafs
 
         fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", access_key="test",

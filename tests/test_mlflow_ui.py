@@ -16,7 +16,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import urllib.request
 from dataclasses import replace
 
 import pytest
+from local_ports import free_port
 
 from orchestrator.events import TrialOutcome
 from orchestrator.tracking import MlflowSink, browse_url, mlflow_ui_command, sweep_browse_url
@@ -142,12 +142,6 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop_group(proc: subprocess.Popen) -> None:
     """Stop a process started in its own session, and its children, by its process group."""
     if proc.poll() is None:
@@ -170,7 +164,7 @@ def mlflow_ui(store, tmp_path):
     """`mlflow ui` as the sweep prints it, on a free port: (its process, its base URL)."""
     env_assign, prog, *args = shlex.split(mlflow_ui_command(store["uri"]))
     assert prog == "mlflow"
-    args[args.index("--port") + 1] = str(port := _free_port())
+    args[args.index("--port") + 1] = str(port := free_port())
     key, value = env_assign.split("=", 1)
     with open(tmp_path / "mlflow_ui.log", "wb") as log:
         # Its own session: the uvicorn worker it spawns is stopped with it. cwd: its default

@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from local_ports import free_port, wait_listening
 
 from tiny_study import two_arm_spec
 
@@ -51,12 +51,6 @@ def _missing() -> str | None:
     if any((HOME / name).exists() for name in CREATED[:2]):
         return f"{HOME}/localvit or {HOME}/venv exists already: not this test's to overwrite"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_processes() -> list[int]:
@@ -83,7 +77,7 @@ def sshd(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                     str(tmp_path / "host_key")], check=True)
     shutil.copy(f"{key}.pub", tmp_path / "authorized_keys")
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\n"
@@ -93,12 +87,8 @@ def sshd(tmp_path):
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E",
                              str(tmp_path / "sshd.log")], start_new_session=True)
-    deadline = time.monotonic() + 30
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert proc.poll() is None, (tmp_path / "sshd.log").read_text()
-        assert time.monotonic() < deadline, "sshd did not listen within 30 s"
-        time.sleep(0.1)
     try:
+        wait_listening(port, proc, f"sshd (log: {tmp_path / 'sshd.log'})", 30)
         yield port, key
     finally:
         proc.send_signal(signal.SIGTERM)
