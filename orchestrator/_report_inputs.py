@@ -97,8 +97,10 @@ def _read_spec(directory: Path) -> dict[str, Any]:
 
 
 def _read_table(directory: Path, name: str, reader) -> Any:
+    from orchestrator.tables import table_exists
+
     path = directory / name
-    if not path.is_file():
+    if not table_exists(directory, name):
         raise ReportError(f"{path}: not found; the sweep writes it as trials finish: run the "
                           f"sweep (or --resume it) until at least one trial has finished, or "
                           f"pass the sweep's own folder (<storage>/<name>/)")

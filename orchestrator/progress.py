@@ -17,7 +17,6 @@ import statistics
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -135,17 +134,17 @@ class ProgressSink:
 
     def _load_finished(self, storage_dir: str) -> None:
         """After --resume: trials finished by an earlier driver count as finished, not pending."""
-        path = Path(storage_dir) / "trials.parquet"
-        if not path.is_file():
-            return
-        import pyarrow.parquet as pq
+        from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
 
+        if not table_exists(storage_dir, TRIALS_FILE):
+            return
         cols = ["trial_key", "arm", "seed", "status", "metric_best", "wall_time_s"]
-        for row in pq.read_table(path, columns=cols).to_pylist():
+        trials = read_trials(storage_dir, decode_config=False, columns=cols)
+        for row in trials.to_dict("records"):
             key = row["trial_key"]
             self._state[key] = row["status"]
             self._names[key] = f"{row['arm']}/seed{row['seed']}"
-            if row["wall_time_s"] is not None:
+            if row["wall_time_s"] is not None and not math.isnan(row["wall_time_s"]):
                 self._durations.append(float(row["wall_time_s"]))
             if row["metric_best"] is not None and not math.isnan(row["metric_best"]):
                 self._offer_best(float(row["metric_best"]), key)

@@ -365,7 +365,7 @@ def _rerun_without_tune_state(plan: Plan, target: Path,
                               notify: Callable[[str], None] | None) -> frozenset[str]:
     """No readable Tune state left: run again the planned trials that trials.parquet does not
     have as completed or stopped (Parquet is the system of record). The keys to skip."""
-    from orchestrator.tables import TRIALS_FILE, read_trials
+    from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
 
     where = f"{plan.source}: --resume"
     if plan.is_search or plan.spec.asha_unit == "arm":
@@ -376,7 +376,7 @@ def _rerun_without_tune_state(plan: Plan, target: Path,
             f"without it; the finished trials are in {target / TRIALS_FILE}; run the study again "
             f"under a new name with --set name=<new name>")
     done: frozenset[str] = frozenset()
-    if (target / TRIALS_FILE).is_file():
+    if table_exists(target, TRIALS_FILE):
         trials = read_trials(target, decode_config=False)
         done = frozenset(trials.loc[trials["status"].isin(["completed", "stopped"]), "trial_key"])
     if notify is not None:

@@ -194,9 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _catch_up_mlflow(sweep_dir, err) -> None:
     """--resume: first replay what Parquet has and MLflow may lack (a store that was down while
     trials finished; the same replay as `orchestrator.sync`, so nothing is logged twice)."""
-    from orchestrator.tables import TRIALS_FILE
+    from orchestrator.tables import TRIALS_FILE, table_exists
 
-    if not (sweep_dir / TRIALS_FILE).is_file():
+    if not table_exists(sweep_dir, TRIALS_FILE):
         return
     from orchestrator.sync import sync
 

@@ -17,8 +17,15 @@ Files in the sweep's own folder `<storage>/<name>/`:
 - `spec.yaml`: the resolved spec, headed by comments with the versions and git commit (comments,
   so that the file stays a valid spec to run again).
 
-Rows are upserted by trial key and by (trial key, epoch): the sink loads what is on disk in
-`start()`, so replaying a trial after `--resume` replaces its rows instead of adding new ones.
+Rows are upserted by trial key and by (trial key, epoch), so replaying a trial after `--resume`
+replaces its rows instead of adding new ones. Each table is a `_parted.PartedTable`: a trial's end
+appends its rows as a small part file under `_parts/` (a cost that does not grow with the sweep),
+and the documented files are rewritten from the parts ("compacted") when the sweep starts, when it
+ends (also when interrupted), and at trial ends in between, but only once the time since the last
+compaction is 50 times what that compaction took (and at least 2 s): compaction grows with the
+table, so this keeps it under 2% of the driver's time. While a sweep runs, `pd.read_parquet` on
+the documented paths may therefore lag: by seconds on a small sweep, by about two and a half
+minutes at a million epoch rows. `read_trials` / `read_epochs` always include the parts.
 Every write goes to a temporary file in the same folder and is renamed over the target
 (`os.replace`), so a reader or a killed driver never sees a half-written file.
 """
@@ -36,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import yaml
 
 from orchestrator._flatten import encode_value, flatten_config
+from orchestrator._parted import PartedTable
 from orchestrator._provenance import TRACKED_PACKAGES, provenance
 from orchestrator.events import TrialInfo, TrialOutcome, best_of
 
@@ -53,6 +61,7 @@ __all__ = [
     "read_epochs",
     "read_trials",
     "spec_yaml_text",
+    "table_exists",
     "trials_schema",
     "write_spec_yaml",
 ]
@@ -123,12 +132,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             tmp.unlink()
 
 
-def _write_table(path: Path, table: pa.Table) -> None:
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue().to_pybytes())
-
-
 def spec_yaml_text(spec: Mapping[str, Any], prov: Mapping[str, Any] | None = None) -> str:
     """The resolved spec as YAML, headed by comment lines with the git commit and versions."""
     if prov is None:
@@ -160,12 +163,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return pq.read_table(path).to_pylist()
-
-
 def _float_or_none(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -179,12 +176,19 @@ def _float_or_none(value: Any) -> float | None:
 class ParquetSink:
     """Writes trials.parquet / epochs.parquet / spec.yaml for one sweep (driver only).
 
-    `flush_interval_s`: epochs.parquet is rewritten when a trial finishes, on `finish()`, and at
-    most this often while epochs arrive, so a long trial's curve is on disk before it ends.
+    `flush_interval_s`: epochs that arrived are written (as a part) when a trial finishes, on
+    `finish()`, and at most this often while epochs arrive, so a long trial's curve is on disk
+    before it ends. At a trial end the documented files are compacted from the parts when the
+    time since the last compaction is at least `compact_interval_s` and `compact_cost_factor`
+    times what the last compaction took.
     """
 
-    def __init__(self, flush_interval_s: float = 30.0) -> None:
+    def __init__(self, flush_interval_s: float = 30.0, compact_interval_s: float = 2.0,
+                 compact_cost_factor: float = 50.0) -> None:
         self.flush_interval_s = flush_interval_s
+        self.compact_interval_s = compact_interval_s
+        self.compact_cost_factor = compact_cost_factor
+        self._compact_took = 0.0
         self._dir: Path | None = None
         self._sweep = ""
         self._metric = ""
@@ -192,9 +196,13 @@ class ParquetSink:
         self._prov: Mapping[str, Any] = {}
         self._infos: dict[str, TrialInfo] = {}
         self._trials: dict[str, dict[str, Any]] = {}
-        self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        self._epochs_dirty = False
+        self._trials_table: PartedTable | None = None
+        self._epochs_table: PartedTable | None = None
+        self._pending: dict[tuple[str, int], dict[str, Any]] = {}   # epochs not yet written
+        self._last_epoch: dict[str, int] = {}        # per trial, the last epoch on disk or pending
+        self._curves: dict[str, dict[int, float]] = {}  # the spec's metric, trials not finished
         self._last_flush = 0.0
+        self._last_compact = 0.0
 
     # -- Sink protocol ---------------------------------------------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
@@ -205,12 +213,33 @@ class ParquetSink:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._sweep, self._metric, self._mode = sweep_name, metric, mode
         self._prov = provenance()
-        self._trials = {r["trial_key"]: r for r in _read_rows(self._dir / TRIALS_FILE)}
-        self._epochs = {
-            (r["trial_key"], int(r["epoch"])): r for r in _read_rows(self._dir / EPOCHS_FILE)
-        }
+        self._trials_table = _trials_table(self._dir)
+        self._epochs_table = _epochs_table(self._dir)
+        # A driver killed mid-sweep left parts: fold them into the documented files first.
+        self._trials_table.compact()
+        self._epochs_table.compact()
+        trials = self._trials_table.read()
+        self._trials = {r["trial_key"]: r for r in trials.to_pylist()} if trials else {}
+        self._load_epoch_state()
         write_spec_yaml(self._dir, spec, self._prov)
-        self._last_flush = time.monotonic()
+        self._last_flush = self._last_compact = time.monotonic()
+
+    def _load_epoch_state(self) -> None:
+        """Each trial's last epoch on disk, and the metric's curve of the unfinished trials."""
+        assert self._epochs_table is not None
+        epochs = self._epochs_table.read(["trial_key", "epoch", self._metric])
+        if epochs is None:
+            return
+        last = epochs.group_by("trial_key", use_threads=False).aggregate([("epoch", "max")])
+        self._last_epoch = dict(zip(last["trial_key"].to_pylist(),
+                                    last["epoch_max"].to_pylist(), strict=True))
+        if self._metric not in epochs.column_names:
+            return
+        unfinished = pa.array(sorted(set(self._last_epoch) - set(self._trials)), pa.string())
+        rows = epochs.filter(pc.is_in(epochs["trial_key"], value_set=unfinished))
+        for row in rows.to_pylist():
+            if row[self._metric] is not None:
+                self._curves.setdefault(row["trial_key"], {})[row["epoch"]] = row[self._metric]
 
     def trial_started(self, info: TrialInfo) -> None:
         self._infos[info.key] = info
@@ -223,8 +252,10 @@ class ParquetSink:
             number = _float_or_none(value)
             if number is not None:
                 row[name] = number
-        self._epochs[(key, int(epoch))] = row
-        self._epochs_dirty = True
+        self._pending[(key, int(epoch))] = row
+        self._last_epoch[key] = max(int(epoch), self._last_epoch.get(key, 0))
+        if row.get(self._metric) is not None:
+            self._curves.setdefault(key, {})[int(epoch)] = row[self._metric]
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self._flush_epochs()
 
@@ -235,18 +266,28 @@ class ParquetSink:
                 f"trial {outcome.key}: status must be one of {', '.join(_STATUSES)} "
                 f"but got {outcome.status!r}"
             )
-        # A restarted trial that got less far than its first attempt: drop the stale epochs.
-        stale = [k for k in self._epochs if k[0] == outcome.key and k[1] > outcome.epochs_run]
-        for k in stale:
-            del self._epochs[k]
-        self._trials[outcome.key] = self._trial_row(outcome)
-        self._write_trials()
+        row = self._trial_row(outcome)
+        assert self._trials_table is not None and self._epochs_table is not None
+        self._trials[outcome.key] = row
+        self._trials_table.append([row], _trials_schema_of([row]))
         self._flush_epochs()
+        self._curves.pop(outcome.key, None)
+        if self._last_epoch.get(outcome.key, 0) > outcome.epochs_run:
+            # A restarted trial that got less far than its first attempt: drop the stale epochs
+            # (rare: a rewrite of the whole table).
+            key, ran = outcome.key, int(outcome.epochs_run)
+            self._epochs_table.compact(drop=lambda t: pc.and_(
+                pc.equal(t["trial_key"], key), pc.greater(t["epoch"], ran)))
+            self._last_epoch[key] = ran
+        since = time.monotonic() - self._last_compact
+        if since >= max(self.compact_interval_s, self.compact_cost_factor * self._compact_took):
+            self._compact()
 
     def finish(self, *, interrupted: bool = False) -> None:
         if self._dir is None:
             return
-        self._flush_epochs(force=True)
+        self._flush_epochs()
+        self._compact()
 
     # -- rows ------------------------------------------------------------------------------------
     def _require_started(self) -> Path:
@@ -292,60 +333,95 @@ class ParquetSink:
     def _metric_values(self, outcome: TrialOutcome) -> tuple[float | None, float | None]:
         """Final and best value of the spec's metric; from the epochs when the outcome lacks it."""
         curve = [
-            (e, r[self._metric]) for (k, e), r in sorted(self._epochs.items())
-            if k == outcome.key and r.get(self._metric) is not None
-            and not math.isnan(r[self._metric])
+            v for e, v in sorted(self._curves.get(outcome.key, {}).items())
+            if e <= outcome.epochs_run and not math.isnan(v)
         ]
         final = _float_or_none(outcome.final.get(self._metric))
         if final is None and curve:
-            final = curve[-1][1]
+            final = curve[-1]
         best = _float_or_none(outcome.best.get(self._metric))
         if best is None:
-            best = best_of((v for _, v in curve), self._mode)
+            best = best_of(curve, self._mode)
         return final, best
 
     # -- writes ----------------------------------------------------------------------------------
-    def _write_trials(self) -> None:
-        directory = self._require_started()
-        config_keys = sorted({
-            k[len(CONFIG_PREFIX):] for row in self._trials.values() for k in row
-            if k.startswith(CONFIG_PREFIX)
-        })
-        schema = trials_schema(config_keys)
-        rows = [self._trials[k] for k in sorted(self._trials)]
-        _write_table(directory / TRIALS_FILE, pa.Table.from_pylist(rows, schema=schema))
-
-    def _flush_epochs(self, force: bool = False) -> None:
-        directory = self._require_started()
-        if not (self._epochs_dirty or force) or (not self._epochs and not force):
+    def _flush_epochs(self) -> None:
+        if not self._pending:
             return
-        names = sorted({k for row in self._epochs.values() for k in row} - set(_EPOCH_KEYS))
-        rows = [self._epochs[k] for k in sorted(self._epochs)]
-        table = pa.Table.from_pylist(rows, schema=epochs_schema(names))
-        _write_table(directory / EPOCHS_FILE, table)
-        self._epochs_dirty = False
+        assert self._epochs_table is not None
+        rows = [self._pending[k] for k in sorted(self._pending)]
+        names = sorted({k for row in rows for k in row} - set(_EPOCH_KEYS))
+        self._epochs_table.append(rows, epochs_schema(names))
+        self._pending = {}
         self._last_flush = time.monotonic()
 
+    def _compact(self) -> None:
+        assert self._trials_table is not None and self._epochs_table is not None
+        start = time.monotonic()
+        self._trials_table.compact()
+        self._epochs_table.compact()
+        self._last_compact = time.monotonic()
+        self._compact_took = self._last_compact - start
 
-def _require_file(directory: str | os.PathLike, name: str) -> Path:
-    path = Path(directory) / name
-    if not path.is_file():
+
+def _trials_schema_of(rows: list[dict[str, Any]]) -> pa.Schema:
+    return trials_schema(sorted({k[len(CONFIG_PREFIX):] for row in rows for k in row
+                                 if k.startswith(CONFIG_PREFIX)}))
+
+
+def _trials_table(directory: Path) -> PartedTable:
+    return PartedTable(
+        directory / TRIALS_FILE, ("trial_key",),
+        lambda schema: trials_schema([n[len(CONFIG_PREFIX):] for n in schema.names
+                                      if n.startswith(CONFIG_PREFIX)]),
+        atomic_write_bytes)
+
+
+def _epochs_table(directory: Path) -> PartedTable:
+    return PartedTable(
+        directory / EPOCHS_FILE, ("trial_key", "epoch"),
+        lambda schema: epochs_schema([n for n in schema.names if n not in _EPOCH_KEYS]),
+        atomic_write_bytes)
+
+
+def table_exists(directory: str | os.PathLike, name: str) -> bool:
+    """Whether the sweep folder has rows of `name` (trials.parquet / epochs.parquet) on disk,
+    in the documented file or in parts not yet compacted into it."""
+    return _table(directory, name).exists()
+
+
+def _table(directory: str | os.PathLike, name: str) -> PartedTable:
+    return _trials_table(Path(directory)) if name == TRIALS_FILE else _epochs_table(Path(directory))
+
+
+def _require_table(directory: str | os.PathLike, name: str) -> PartedTable:
+    table = _table(directory, name)
+    if not table.exists():
         raise FileNotFoundError(
-            f"{path} does not exist; pass the sweep's folder (<storage>/<name>/) of a sweep "
+            f"{table.path} does not exist; pass the sweep's folder (<storage>/<name>/) of a sweep "
             "that has finished at least one trial"
         )
-    return path
+    return table
 
 
-def read_trials(directory: str | os.PathLike, decode_config: bool = True):
-    """trials.parquet as a pandas DataFrame; `config.*` columns decoded from JSON by default."""
-    df = pq.read_table(_require_file(directory, TRIALS_FILE)).to_pandas()
+def _read(directory: str | os.PathLike, name: str, columns: list[str] | None) -> pa.Table:
+    table = _require_table(directory, name).read(columns)
+    assert table is not None, "the table exists"
+    return table
+
+
+def read_trials(directory: str | os.PathLike, decode_config: bool = True,
+                columns: list[str] | None = None):
+    """The sweep's trials (trials.parquet and parts not compacted into it yet) as a pandas
+    DataFrame sorted by trial_key; `config.*` columns decoded from JSON by default."""
+    df = _read(directory, TRIALS_FILE, columns).to_pandas()
     if decode_config:
         for col in [c for c in df.columns if c.startswith(CONFIG_PREFIX)]:
             df[col] = df[col].map(lambda s: json.loads(s) if isinstance(s, str) else None)
     return df
 
 
-def read_epochs(directory: str | os.PathLike):
-    """epochs.parquet as a pandas DataFrame sorted by trial_key, epoch."""
-    return pq.read_table(_require_file(directory, EPOCHS_FILE)).to_pandas()
+def read_epochs(directory: str | os.PathLike, columns: list[str] | None = None):
+    """The sweep's epochs (epochs.parquet and parts not compacted into it yet) as a pandas
+    DataFrame sorted by trial_key, epoch."""
+    return _read(directory, EPOCHS_FILE, columns).to_pandas()

@@ -16,6 +16,7 @@ import driver_process
 import pandas as pd
 import pytest
 
+from orchestrator.tables import read_epochs, read_trials
 from tiny_study import two_arm_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +71,12 @@ def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_comple
     assert f"error: storage: cannot write to {sweep}" in text, text[-3000:]
     assert "No space left on device" in text and "--resume" in text
     assert "Traceback" not in text, text[-4000:]
-    # Every table there is whole: readable, with the rows written before the disk filled.
-    trials = pd.read_parquet(sweep / "trials.parquet")
+    # Every table there is whole: readable (the documented files and the parts not compacted
+    # into them yet, each file read), with the rows written before the disk filled.
+    trials = read_trials(sweep)
     assert len(trials) >= 1 and (trials["status"] == "completed").any()
     done = trials.loc[trials["status"] == "completed", "trial_key"].iloc[0]
-    epochs = pd.read_parquet(sweep / "epochs.parquet")
+    epochs = read_epochs(sweep)
     assert sorted(epochs.loc[epochs["trial_key"] == done, "epoch"]) == [1, 2, 3, 4, 5]
     assert not [p.name for p in sweep.rglob("*.tmp")]
 
