@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.result import AUTO_RESULT_KEYS
 
+from orchestrator._ray_compat import tune_result_keys
 from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus, is_better
 from orchestrator.plan import PlannedTrial, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
@@ -28,9 +28,8 @@ __all__ = ["SinkCallback"]
 
 logger = logging.getLogger(__name__)
 
-# Tune's own bookkeeping keys in a result; everything else numeric is a trainer metric.
-_TUNE_KEYS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint",
-                                      "episodes_this_iter", "timesteps_this_iter", EPOCH_KEY}
+# Tune's own keys in a result and our epoch counter; everything else numeric is a trainer metric.
+_TUNE_KEYS = tune_result_keys() | {EPOCH_KEY}
 
 
 def _node(result: Mapping[str, Any]) -> str:

@@ -5,15 +5,14 @@ silently. So the driver looks first: a trial that fits an alive node is fine; on
 node type the cluster's autoscaler can still add is waited for (the caller is told why); one
 that fits neither is a SpecError (exit 2) naming the resource, what the cluster has and the fix.
 
-The node types come from what the autoscaler publishes in the GCS (`GlobalState.get_cluster_config`,
-a Ray internal: version-checked below) or, on a `ray up` head node, from the cluster config Ray
+The node types come from what the autoscaler publishes in the GCS (a Ray internal:
+`_ray_compat.published_node_groups`) or, on a `ray up` head node, from the cluster config Ray
 copies there (`~/ray_bootstrap_config.yaml`). Without either, a cluster can only grow by hand,
 so its alive nodes are all it has.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,8 @@ from orchestrator.plan import Plan
 
 __all__ = ["NodeType", "check_capacity", "node_types"]
 
-logger = logging.getLogger(__name__)
-
 # `ray up` copies the cluster config to the head node under this name.
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
-# The Ray versions whose GlobalState.get_cluster_config() this module was written against.
-_TESTED_RAY = ("2.60.",)
 
 
 @dataclass(frozen=True)
@@ -44,21 +39,12 @@ def _fits(resources: dict[str, float], cpu: float, gpu: float) -> bool:
 
 
 def _published_node_types() -> list[NodeType] | None:
-    import ray
+    from orchestrator._ray_compat import published_node_groups
 
-    if not ray.__version__.startswith(_TESTED_RAY):
-        logger.warning("ray %s: the autoscaler's node types are read through an internal API "
-                       "checked only on %s", ray.__version__, ", ".join(_TESTED_RAY))
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - an internal API: missing or changed means "not known"
+    groups = published_node_groups()
+    if groups is None:
         return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count))
-            for g in config.node_group_configs]
+    return [NodeType(g.name, g.resources, g.max_count) for g in groups]
 
 
 def _bootstrap_node_types(path: Path) -> list[NodeType] | None:

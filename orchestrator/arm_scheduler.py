@@ -43,7 +43,6 @@ Member = tuple[str, int]          # (arm, seed)
 class ArmScheduler(TrialScheduler):
     """Successive halving (or a paired-test race) over arms; see the module docstring."""
 
-    _supports_buffered_results = False
     _metric: str  # given to __init__ (TrialScheduler's may be None until Tune sets it)
 
     def __init__(self, *, metric: str, mode: str, time_attr: str, max_t: int,
@@ -97,6 +96,17 @@ class ArmScheduler(TrialScheduler):
         self._reset()
 
     # -- Tune's interface ------------------------------------------------------------------------
+    @property
+    def metric(self) -> str:
+        """The metric Tune checks every result for (TrialScheduler's public property)."""
+        return self._metric
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        """False: one result per report, as Ray's HyperBand asks, since each may decide a rung
+        (Tune reads this property before it runs the trials)."""
+        return False
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return (metric in (None, self._metric)) and (mode in (None, self._mode))
 

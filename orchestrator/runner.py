@@ -202,23 +202,12 @@ def default_sinks(tracking_uri: str) -> list[Sink]:
 
 
 def _quiet_ray() -> None:
-    # Our own sinks own the console; Tune's tables and its CSV/JSON/TensorBoard loggers stay off.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
-    # A failed trial is reported by the sinks (status, stop reason, the error's last line) and
-    # its traceback kept in Tune's error.txt: no stack dump on the console.
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    # The same traceback again when the failed trial's result is dropped at the end.
-    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
-    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # A failed save of Tune's state logs a traceback each time; the summary names the folder
-    # that cannot be written instead (storage_problems).
-    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
-    # "Trials did not complete: [...]": the summary names the failed and interrupted trials.
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    """Our own sinks own the console: Tune's tables, its CSV/JSON/TensorBoard loggers, its
+    tracebacks of failed trials and its warnings stay off (the switches, and what each does in
+    Ray: `_ray_compat.ENV_SWITCHES` and `QUIET_LOGGERS`)."""
+    from orchestrator._ray_compat import quiet_ray
+
+    quiet_ray()
 
 
 def _init_ray(address: str | None) -> None:
@@ -410,8 +399,16 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     )
     experiment = _tune_experiment_dir(plan)
     if resume:
+        from orchestrator._ray_compat import restored_run_parts
+
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
                                    resume_errored=True)
+        # Restore rebuilds the callback and the scheduler from tuner.pkl (two separate copies,
+        # neither the one built here) and takes neither as an argument: use the instances Tune
+        # will run, and let the callback read the stop reasons of the scheduler that really runs.
+        callbacks, restored_scheduler = restored_run_parts(tuner)
+        callback = next(cb for cb in callbacks if isinstance(cb, SinkCallback))
+        callback.attach_scheduler(restored_scheduler)
     else:
         scheduler = _scheduler(plan)
         callback = SinkCallback(
@@ -443,14 +440,6 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                     num_to_keep=spec.run.checkpoints_to_keep),
             ),
         )
-    # On restore Tune rebuilds the callback from its saved experiment and the scheduler from
-    # tuner.pkl (two separate copies): use those instances, and let the callback read the stop
-    # reasons of the scheduler that really runs.
-    local = tuner._local_tuner
-    assert local is not None, "the Tuner runs in this process (not through Ray Client)"
-    callback = next(cb for cb in local.get_run_config().callbacks or ()
-                    if isinstance(cb, SinkCallback))
-    callback.attach_scheduler(local._tune_config.scheduler)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
     interrupted, tune_error = False, ""
