@@ -9,6 +9,12 @@
 - `difference_plot`: each arm's mean difference to its reference with the 95% t interval,
   coloured by verdict; stopped arms are listed without a point;
 - `search_plots`: the metric against each searched value, and every trial's curve.
+
+A study of hundreds of arms (a factorial) would give plots nobody can read and that take minutes
+to draw (matplotlib's shared axes cost grows with the square of the panels): the curves show at
+most `MAX_PANELS` arms and the differences at most `MAX_ROWS`, those with the largest difference
+to their reference, and the title says how many of how many; the search curves show the best
+`MAX_CURVES` trials. Every arm and trial stays in arms.csv and the tables.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["curve_plot", "difference_plot", "search_plots", "size_plots"]
+__all__ = ["MAX_CURVES", "MAX_PANELS", "MAX_ROWS", "curve_plot", "difference_plot",
+           "search_plots", "size_plots"]
+
+MAX_PANELS = 24
+MAX_ROWS = 40
+MAX_CURVES = 50
 
 _COLORS = {"better": "#1a9850", "worse": "#d73027"}
 _DPI = 110
@@ -39,6 +50,37 @@ def _save(fig, path: Path) -> Path:
 
 def _finite(x: Any) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def _largest_differences(rows: list[dict], limit: int) -> list[dict]:
+    """At most `limit` rows, those with the largest |diff| (rows without one last), in their
+    original order."""
+    if len(rows) <= limit:
+        return rows
+    def magnitude(i: int) -> float:
+        return abs(rows[i]["diff"]) if _finite(rows[i]["diff"]) else -1.0
+
+    order = sorted(range(len(rows)), key=magnitude, reverse=True)
+    return [rows[i] for i in sorted(order[:limit])]
+
+
+def _wrap(name: str, width: int = 34) -> str:
+    """A long arm name (a factorial's `act=hs,layers=all,...`) on lines of about `width`,
+    broken after its commas."""
+    lines = [""]
+    for piece in name.split(","):
+        piece = piece if lines == [""] else "," + piece
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines[-1] += ","
+            piece = piece[1:]
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _shown(shown: int, total: int, what: str) -> str:
+    return "" if shown == total else (f"\n{shown} of {total} {what} shown: the largest "
+                                      f"differences to the reference (all in arms.csv)")
 
 
 def size_plots(df: pd.DataFrame, metric: str, mode: str, out: Path,
@@ -80,9 +122,11 @@ def size_plots(df: pd.DataFrame, metric: str, mode: str, out: Path,
     return written
 
 
-def _curves(epochs: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame | None:
-    sub = epochs[epochs["trial_key"].isin(list(keys))][["trial_key", "epoch", metric]].dropna()
-    if sub.empty:
+def _curves(by_trial: dict[str, pd.DataFrame], keys: Sequence[str],
+            metric: str) -> pd.DataFrame | None:
+    parts = [by_trial[k] for k in keys if k in by_trial]
+    sub = pd.concat(parts)[["epoch", metric]].dropna() if parts else None
+    if sub is None or sub.empty:
         return None
     return sub.groupby("epoch")[metric].agg(["mean", "min", "max"]).reset_index()
 
@@ -95,26 +139,32 @@ def curve_plot(df: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame, met
         return []
     live = trials[trials["status"] != "failed"]
     keys = {arm: list(g["trial_key"]) for arm, g in live.groupby("arm")}
-    rows = [r for r in df.to_dict("records") if r["arm"] in keys]
-    if not rows:
+    every = [r for r in df.to_dict("records") if r["arm"] in keys]
+    if not every:
         return []
+    rows = _largest_differences(every, MAX_PANELS)
+    wanted = {k for r in rows for arm in (r["arm"], r["baseline"]) if arm
+              for k in keys.get(arm, [])}
+    shown = epochs[epochs["trial_key"].isin(wanted)]
+    by_trial = {str(k): g for k, g in shown.groupby("trial_key")}
     ncols = min(4, len(rows))
     nrows = math.ceil(len(rows) / ncols)
-    fig = _figure(3.1 * ncols, 2.3 * nrows + 0.4)
+    title_lines = max(_wrap(r["arm"]).count("\n") for r in rows)     # extra lines per panel
+    fig = _figure(3.1 * ncols, (2.3 + 0.15 * title_lines) * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     for ax, r in zip(axes.flat, rows, strict=False):  # the grid may have spare panels
-        ref = _curves(epochs, keys.get(r["baseline"], []), metric) if r["baseline"] else None
+        ref = _curves(by_trial, keys.get(r["baseline"], []), metric) if r["baseline"] else None
         if ref is not None:
             ax.plot(ref["epoch"], ref["mean"], "--", color="0.55", lw=1,
                     label=f"reference {r['baseline']}")
-        cur = _curves(epochs, keys[r["arm"]], metric)
+        cur = _curves(by_trial, keys[r["arm"]], metric)
         if cur is not None:
             ax.fill_between(cur["epoch"], cur["min"], cur["max"], color="tab:blue", alpha=0.25,
                             lw=0)
             ax.plot(cur["epoch"], cur["mean"], "o-", color="tab:blue", lw=1.5,
                     ms=2.5 if len(cur) > 1 else 4)
         n = len(keys[r["arm"]])
-        title = f"{r['arm']} ({n} seed{'s' if n != 1 else ''})"
+        title = f"{_wrap(r['arm'])} ({n} seed{'s' if n != 1 else ''})"
         if r["state"] == "stopped":
             title += f"\nstopped at {r['stopped_at']}"
         ax.set_title(title, fontsize=8)
@@ -128,15 +178,16 @@ def curve_plot(df: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame, met
     fig.supxlabel("epoch", fontsize=9)
     fig.supylabel(metric, fontsize=9)
     fig.suptitle(f"{metric} per epoch: mean over seeds, band min-max over seeds; dashed: the "
-                 f"arm's reference", fontsize=9)
+                 f"arm's reference{_shown(len(rows), len(every), 'arms')}", fontsize=9)
     return [_save(fig, out / "learning_curves.png")]
 
 
 def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path) -> list[Path]:
-    rows = [r for r in df.to_dict("records") if r["baseline"] and
-            (_finite(r["diff"]) or r["state"] == "stopped")]
-    if not rows:
+    every = [r for r in df.to_dict("records") if r["baseline"] and
+             (_finite(r["diff"]) or r["state"] == "stopped")]
+    if not every:
         return []
+    rows = _largest_differences(every, MAX_ROWS)
     fig = _figure(7.5, 0.9 + 0.32 * len(rows))
     ax = fig.add_subplot()
     ax.axvline(0.0, color="0.4", lw=1)
@@ -160,7 +211,8 @@ def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path) -> list
     ax.set_xlabel(f"{metric}: arm − reference (final, paired by seed; 95% t interval; "
                   f"better to the {better})", fontsize=8)
     ax.set_title("Difference to each arm's reference\ngreen better, red worse, grey n.s. "
-                 "(Holm p < 0.05); hollow: no interval (one pair or zero variance)", fontsize=8)
+                 "(Holm p < 0.05); hollow: no interval (one pair or zero variance)"
+                 f"{_shown(len(rows), len(every), 'comparisons')}", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return [_save(fig, out / "differences.png")]
 
@@ -210,15 +262,20 @@ def search_plots(ranked: pd.DataFrame, kinds: dict[str, str], epochs: pd.DataFra
     if metric in epochs.columns and not epochs.empty:
         fig = _figure(7.0, 4.2)
         ax = fig.add_subplot()
-        for rank, row in enumerate(ranked.itertuples(), start=1):
-            cur = epochs[epochs["trial_key"] == row.trial_key].sort_values("epoch")
+        best = ranked.head(MAX_CURVES)
+        shown = epochs[epochs["trial_key"].isin(list(best["trial_key"]))]
+        by_trial = {str(k): g.sort_values("epoch") for k, g in shown.groupby("trial_key")}
+        for rank, row in enumerate(best.itertuples(), start=1):
+            cur = by_trial.get(str(row.trial_key), shown.iloc[:0])
             ax.plot(cur["epoch"], cur[metric], "o-", ms=3, lw=1.6 if rank == 1 else 0.8,
                     alpha=1.0 if rank == 1 else 0.6,
                     label=f"best: {row.trial_key}" if rank == 1 else None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} per epoch, every trial (the best one thicker)", fontsize=9)
+        which = ("every trial" if len(best) == len(ranked)
+                 else f"the best {len(best)} of {len(ranked)} trials")
+        ax.set_title(f"{metric} per epoch, {which} (the best one thicker)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         written.append(_save(fig, out / "search_curves.png"))

@@ -427,3 +427,34 @@ def test_not_a_sweep_folder(tmp_path, capsys):
     (tmp_path / "trials.parquet").write_bytes(b"x")
     assert main([str(tmp_path)]) == 2
     assert "spec.yaml: not found" in capsys.readouterr().err
+
+
+def test_plots_of_a_large_study_show_the_largest_differences_and_say_how_many(tmp_path,
+                                                                              monkeypatch):
+    """60 arms: the curves show 24 panels and the differences 40 rows, the arms with the largest
+    |difference| (ties broken by order), and each title says how many of how many."""
+    from orchestrator import _report_plots as plots
+
+    arms = ["baseline", *(f"a{i:02d}" for i in range(60))]
+    diffs = {a: (i % 7) * 0.01 * (-1) ** i for i, a in enumerate(arms[1:])}
+    df = pd.DataFrame([{"arm": a, "baseline": None if a == "baseline" else "baseline",
+                        "state": "finished", "stopped_at": None, "diff": diffs.get(a),
+                        "diff_ci_low": None, "diff_ci_high": None, "verdict": "n.s."}
+                       for a in arms])
+    trials = pd.DataFrame([{"trial_key": f"{a}-{s}", "arm": a, "status": "completed"}
+                           for a in arms for s in range(2)])
+    epochs = pd.DataFrame([{"trial_key": k, "epoch": e, METRIC: 0.1 * e}
+                           for k in trials["trial_key"] for e in (1, 2, 3)])
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig))
+    plots.curve_plot(df, trials, epochs, METRIC, tmp_path)
+    plots.difference_plot(df, METRIC, "max", tmp_path)
+
+    curves = figures["learning_curves.png"]
+    panels = [ax.get_title() for ax in curves.axes if ax.get_visible()]
+    largest = sorted(diffs, key=lambda a: -abs(diffs[a]))
+    assert len(panels) == 24 and "24 of 61 arms shown" in curves._suptitle.get_text()
+    assert all(abs(diffs[t.split(" (")[0]]) >= abs(diffs[largest[24]]) for t in panels)
+    rows = figures["differences.png"].axes[0]
+    assert len(rows.get_yticklabels()) == 40
+    assert "40 of 60 comparisons shown" in rows.get_title()
