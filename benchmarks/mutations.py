@@ -141,14 +141,15 @@ MUTATIONS: list[Mutation] = [
              "criterion = torch.nn.CrossEntropyLoss()",
              "without Mixup, aug.label_smoothing is ignored"),
     # ---- the orchestrator (take the find strings from the files as they are; issue 13) ----
-    Mutation("parquet-forgets-trials-on-start", "orchestrator/tables.py",
-             'self._trials = {r["trial_key"]: r for r in _read_rows(self._dir / TRIALS_FILE)}',
-             "self._trials = {}",
-             "a resumed driver's Parquet sink drops the trial rows written before"),
-    Mutation("parquet-forgets-epochs-on-start", "orchestrator/tables.py",
-             '(r["trial_key"], int(r["epoch"])): r for r in _read_rows(self._dir / EPOCHS_FILE)',
-             '(r["trial_key"], int(r["epoch"])): r for r in []',
-             "a resumed driver's Parquet sink drops the epoch rows written before"),
+    Mutation("parquet-forgets-compacted-rows", "orchestrator/_parted.py",
+             "tables = [pq.read_table(self.path)] if self.path.is_file() else []",
+             "tables = []",
+             "the compacted trials/epochs file is ignored when parts are read or merged into it: "
+             "a resumed sweep loses the rows written before"),
+    Mutation("parquet-upsert-keeps-first-write", "orchestrator/_parted.py",
+             '[(_ROW, "max")])[f"{_ROW}_max"]', '[(_ROW, "min")])[f"{_ROW}_min"]',
+             "a replayed trial's rows (after --resume or a retry) do not replace the earlier "
+             "ones: the first write of a key wins"),
     Mutation("trial-ignores-tune-checkpoint", "orchestrator/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
@@ -206,6 +207,7 @@ FIRST_FOR = {
     "orchestrator/_asha.py": ("tests/test_asha_reasons.py",),
     "orchestrator/_ray_compat.py": ("tests/test_ray_compat.py", "tests/test_asha_reasons.py"),
     "orchestrator/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
+    "orchestrator/_parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }

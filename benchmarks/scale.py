@@ -40,13 +40,14 @@ SPEC = HERE / "plan_10k.yaml"
 METRICS = ("val/top1", "val/top5", "val/loss", "train/loss", "lr", "epoch_time_s")
 
 
-def _child(argv: list[str]) -> tuple[float, float, int]:
-    """(wall s, peak RSS MiB, exit code) of one command in a fresh interpreter."""
+def _child(argv: list[str], quiet: bool) -> tuple[float, float, int]:
+    """(wall s, peak RSS MiB, exit code) of one command in a fresh interpreter; `quiet`: its
+    standard output read and dropped."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "COLUMNS": "80"},
-                            stdout=subprocess.PIPE if "--dry-run" in argv else None)
+                            stdout=subprocess.PIPE if quiet else None)
     if proc.stdout is not None:
-        for _ in proc.stdout:           # a dry run's table: read and dropped
+        for _ in proc.stdout:           # a dry run's or the report's table: read and dropped
             pass
     _, status, usage = os.wait4(proc.pid, 0)
     return time.perf_counter() - start, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name, argv_ in phases:
         load = os.getloadavg()[0]
-        wall, rss, code = _child(argv_)
+        wall, rss, code = _child(argv_, quiet=name in ("dry-run", "report"))
         print(f"== {name}: {wall:.1f} s wall, peak RSS {rss:.0f} MiB, exit {code} "
               f"(load {load:.2f} before)", flush=True)
         failed += code != 0

@@ -152,7 +152,7 @@ class PartedTable:
             group = [p for p in self._live_parts(self._through()) if p[0] == level]
             if len(group) < self.fan_in:
                 return
-            merged = self._keep_last([self._read_part(p) for p in group])
+            merged = self._keep_last([self._read_part(p) for p in group], sort=False)
             self._add_part((level + 1, group[0][1], group[-1][2]), merged)
             for part in group:
                 self._remove_part(part)
@@ -210,8 +210,9 @@ class PartedTable:
             table = table.select([c for c in columns if c in table.column_names])
         return table
 
-    def _keep_last(self, tables: list[pa.Table]) -> pa.Table:
-        """Concatenate oldest first, keep each key's last row, canonical schema, sorted by key."""
+    def _keep_last(self, tables: list[pa.Table], sort: bool = True) -> pa.Table:
+        """Concatenate oldest first, keep each key's last row, canonical schema, sorted by key
+        (a merged part is left unsorted: only what is read or compacted needs the order)."""
         tables = [t.replace_schema_metadata(None) for t in tables]
         table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 \
             else tables[0]
@@ -222,4 +223,4 @@ class PartedTable:
             table = table.take(last)
         schema = self._schema(table.schema)
         table = table.select(schema.names).cast(schema)
-        return table.sort_by([(k, "ascending") for k in self.keys])
+        return table.sort_by([(k, "ascending") for k in self.keys]) if sort else table

@@ -227,7 +227,7 @@ def _write(path: Path, cls, rows: Sequence) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orchestrator.tables import atomic_write_bytes
+    from orchestrator._files import atomic_write_bytes
 
     table = pa.Table.from_pylist([asdict(r) for r in rows], schema=_schema(cls))
     buf = pa.BufferOutputStream()

@@ -37,18 +37,22 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
+from orchestrator._files import atomic_write_bytes
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._parted import PartedTable
-from orchestrator._provenance import TRACKED_PACKAGES, provenance
+from orchestrator._provenance import (
+    TRACKED_PACKAGES,
+    provenance,
+    spec_yaml_text,
+    write_spec_yaml,
+)
 from orchestrator.events import TrialInfo, TrialOutcome, best_of
 
 __all__ = [
@@ -68,7 +72,6 @@ __all__ = [
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
-SPEC_FILE = "spec.yaml"
 CONFIG_PREFIX = "config."
 
 _VERSIONS_TYPE = pa.struct([pa.field(name, pa.string()) for name in ("python", *TRACKED_PACKAGES)])
@@ -114,56 +117,6 @@ def trials_schema(config_keys: list[str] | tuple[str, ...] = ()) -> pa.Schema:
 def epochs_schema(metric_names: list[str] | tuple[str, ...] = ()) -> pa.Schema:
     """The epochs.parquet schema: trial_key, epoch, node, then one float64 column per metric."""
     return pa.schema([*EPOCH_FIELDS, *(pa.field(m, pa.float64()) for m in sorted(metric_names))])
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def spec_yaml_text(spec: Mapping[str, Any], prov: Mapping[str, Any] | None = None) -> str:
-    """The resolved spec as YAML, headed by comment lines with the git commit and versions."""
-    if prov is None:
-        prov = provenance()
-    vers = ", ".join(f"{k} {v}" for k, v in dict(prov.get("versions") or {}).items())
-    header = (
-        "# Resolved sweep spec, written at "
-        f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}\n"
-        f"# git commit: {prov.get('git_commit') or 'unknown (not a git checkout)'}\n"
-        f"# versions: {vers}\n"
-    )
-    # libyaml's emitter where PyYAML has it: a 10,000-trial plan's record takes 4 s in pure Python.
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return header + yaml.dump(_plain(spec), Dumper=dumper, sort_keys=False,
-                              default_flow_style=False)
-
-
-def write_spec_yaml(storage_dir: str | os.PathLike, spec: Mapping[str, Any],
-                    prov: Mapping[str, Any] | None = None) -> Path:
-    """Write the resolved spec to `<storage_dir>/spec.yaml`, atomically, provenance as comments."""
-    path = Path(storage_dir) / SPEC_FILE
-    atomic_write_bytes(path, spec_yaml_text(spec, prov).encode())
-    return path
-
-
-def _plain(obj: Any) -> Any:
-    """Mappings/sequences to dicts/lists so yaml.safe_dump accepts them (e.g. MappingProxyType)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _float_or_none(value: Any) -> float | None:

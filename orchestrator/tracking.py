@@ -43,9 +43,8 @@ from orchestrator import _mlflow_view
 from orchestrator._background import SerialWorker
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._mlflow_view import browse_url
-from orchestrator._provenance import provenance
+from orchestrator._provenance import provenance, spec_yaml_text
 from orchestrator.events import TrialInfo, TrialOutcome
-from orchestrator.tables import spec_yaml_text
 
 __all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "log_report",
            "mlflow_ui_command", "sweep_browse_url"]
