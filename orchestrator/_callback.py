@@ -20,7 +20,14 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator._ray_compat import tune_result_keys
-from orchestrator.events import Sink, TrialInfo, TrialOutcome, TrialStatus, is_better
+from orchestrator.events import (
+    FinishedTrial,
+    Sink,
+    TrialInfo,
+    TrialOutcome,
+    TrialStatus,
+    is_better,
+)
 from orchestrator.plan import PlannedTrial, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
 
@@ -73,6 +80,11 @@ class SinkCallback(Callback):
         """Change what the sinks are built with (a resumed sweep logs to today's MLflow store,
         not to the one saved with the experiment)."""
         self._factory_kwargs.update(kwargs)
+
+    def set_prior(self, prior: Sequence[FinishedTrial]) -> None:
+        """The trials earlier drivers finished, handed to every sink's `start` (a restored
+        callback carries the list saved with the experiment: always set it anew)."""
+        self._start_kwargs["prior"] = tuple(prior)
 
     def attach_scheduler(self, scheduler: Any) -> None:
         """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""

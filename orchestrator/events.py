@@ -9,11 +9,12 @@ a second MLflow run or a second set of Parquet rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-__all__ = ["TrialInfo", "TrialOutcome", "Sink", "TrialStatus", "best_of", "is_better"]
+__all__ = ["FinishedTrial", "TrialInfo", "TrialOutcome", "Sink", "TrialStatus", "best_of",
+           "is_better"]
 
 # completed: ran all its epochs; stopped: the scheduler (ASHA) ended it early; failed: it raised.
 TrialStatus = Literal["completed", "stopped", "failed"]
@@ -43,9 +44,28 @@ class TrialOutcome:
     error: str = ""                 # a failed trial's full traceback (an MLflow artifact)
 
 
+@dataclass(frozen=True)
+class FinishedTrial:
+    """A trial an earlier driver of this sweep finished, as the system of record (Parquet) has
+    it: what a sink that keeps no record of its own needs to count it after `--resume`."""
+    key: str
+    arm: str
+    seed: int
+    status: TrialStatus
+    metric_best: float | None
+    wall_time_s: float | None
+
+
 class Sink(Protocol):
+    """Every sink takes the same events in this order: `start` once, then per trial
+    `trial_started`, its `epoch`s and `trial_finished`, then `finish` once. `prior` (in `start`)
+    lists the trials earlier drivers finished; the runner reads it from the Parquet tables, so
+    no sink reads another's record. Replaying a trial's events (after `--resume`) must leave one
+    record per trial key and epoch."""
+
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
-              metric: str, mode: str, total_trials: int | None) -> None: ...
+              metric: str, mode: str, total_trials: int | None,
+              prior: Sequence[FinishedTrial] = ()) -> None: ...
 
     def trial_started(self, info: TrialInfo) -> None: ...
 

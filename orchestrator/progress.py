@@ -16,7 +16,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.events import TrialInfo, TrialOutcome, is_better
+from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome, is_better
 
 __all__ = ["ProgressSink"]
 
@@ -75,10 +75,11 @@ class ProgressSink:
 
     # -- Sink protocol ---------------------------------------------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
-              metric: str, mode: str, total_trials: int | None) -> None:
+              metric: str, mode: str, total_trials: int | None,
+              prior: Sequence[FinishedTrial] = ()) -> None:
         self._reset()
         self._sweep, self._metric, self._mode, self._total = sweep_name, metric, mode, total_trials
-        self._load_finished(storage_dir)
+        self._count_prior(prior)
         if self.console is None:
             self.console = Console(stderr=True)
         if self.live is None:
@@ -132,22 +133,15 @@ class ProgressSink:
         word = "interrupted" if interrupted else "finished"
         self._line(f"sweep {self._sweep} {word} after {_duration(self._elapsed())}: {counts}")
 
-    def _load_finished(self, storage_dir: str) -> None:
+    def _count_prior(self, prior: Sequence[FinishedTrial]) -> None:
         """After --resume: trials finished by an earlier driver count as finished, not pending."""
-        from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
-
-        if not table_exists(storage_dir, TRIALS_FILE):
-            return
-        cols = ["trial_key", "arm", "seed", "status", "metric_best", "wall_time_s"]
-        trials = read_trials(storage_dir, decode_config=False, columns=cols)
-        for row in trials.to_dict("records"):
-            key = row["trial_key"]
-            self._state[key] = row["status"]
-            self._names[key] = f"{row['arm']}/seed{row['seed']}"
-            if row["wall_time_s"] is not None and not math.isnan(row["wall_time_s"]):
-                self._durations.append(float(row["wall_time_s"]))
-            if row["metric_best"] is not None and not math.isnan(row["metric_best"]):
-                self._offer_best(float(row["metric_best"]), key)
+        for trial in prior:
+            self._state[trial.key] = trial.status
+            self._names[trial.key] = f"{trial.arm}/seed{trial.seed}"
+            if trial.wall_time_s is not None and not math.isnan(trial.wall_time_s):
+                self._durations.append(float(trial.wall_time_s))
+            if trial.metric_best is not None and not math.isnan(trial.metric_best):
+                self._offer_best(float(trial.metric_best), trial.key)
 
     # -- state -----------------------------------------------------------------------------------
     def _offer_best(self, value: float, key: str) -> None:

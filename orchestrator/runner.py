@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ResumeError, StorageError
-from orchestrator.events import Sink, TrialOutcome
+from orchestrator.events import FinishedTrial, Sink, TrialOutcome
 from orchestrator.plan import Plan
 
 __all__ = ["SweepResult", "check_storage", "default_sinks", "run_sweep", "sweep_dir"]
@@ -442,6 +442,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
         )
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
+    callback.set_prior(_finished_trials(target))
     interrupted, tune_error = False, ""
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
@@ -461,6 +462,23 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
                        interrupted=interrupted, sink_errors=list(callback.sink_errors),
                        tune_error=tune_error, storage_errors=storage_problems(plan))
+
+
+def _finished_trials(target: Path) -> list[FinishedTrial]:
+    """What the sweep's Parquet tables (the system of record) have as finished, for the sinks."""
+    from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
+
+    if not table_exists(target, TRIALS_FILE):
+        return []
+    cols = ["trial_key", "arm", "seed", "status", "metric_best", "wall_time_s"]
+    rows = read_trials(target, decode_config=False, columns=cols)
+
+    def number(value: Any) -> float | None:           # pandas gives NaN for a missing value
+        return None if value is None or value != value else float(value)
+
+    return [FinishedTrial(key=r.trial_key, arm=r.arm, seed=int(r.seed), status=r.status,
+                          metric_best=number(r.metric_best), wall_time_s=number(r.wall_time_s))
+            for r in rows.itertuples()]
 
 
 def storage_problems(plan: Plan) -> list[str]:

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from orchestrator._provenance import (
     spec_yaml_text,
     write_spec_yaml,
 )
-from orchestrator.events import TrialInfo, TrialOutcome, best_of
+from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome, best_of
 
 __all__ = [
     "CONFIG_PREFIX",
@@ -162,7 +162,9 @@ class ParquetSink:
 
     # -- Sink protocol ---------------------------------------------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
-              metric: str, mode: str, total_trials: int | None) -> None:
+              metric: str, mode: str, total_trials: int | None,
+              prior: Sequence[FinishedTrial] = ()) -> None:
+        # (`prior`: this sink keeps its own record of earlier drivers' trials.)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max' but got {mode!r}")
         self._dir = Path(storage_dir)

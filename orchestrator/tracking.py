@@ -35,7 +35,7 @@ import posixpath
 import re
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from orchestrator._background import SerialWorker
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._mlflow_view import browse_url
 from orchestrator._provenance import provenance, spec_yaml_text
-from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome
 
 __all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "log_report",
            "mlflow_ui_command", "sweep_browse_url"]
@@ -198,7 +198,9 @@ class MlflowSink:
 
     # -- Sink protocol: queue the call for the worker thread --------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
-              metric: str, mode: str, total_trials: int | None) -> None:
+              metric: str, mode: str, total_trials: int | None,
+              prior: Sequence[FinishedTrial] = ()) -> None:
+        # (`prior`: this sink keeps its own record of earlier drivers' trials.)
         if self.tracking_uri is None:
             # storage_dir is the sweep's own folder <storage>/<name>/; the store is shared.
             self.tracking_uri = default_tracking_uri(Path(storage_dir).resolve().parent)

@@ -45,8 +45,9 @@ def scenario():
     return infos, epochs, outcomes
 
 
-def feed(sinks, directory, events=None, finish=True, total=None) -> None:
-    """Send the events (default: `scenario()`) to one sink or to each of a list, in order."""
+def feed(sinks, directory, events=None, finish=True, total=None, prior=()) -> None:
+    """Send the events (default: `scenario()`) to one sink or to each of a list, in order;
+    `prior`: the trials earlier drivers finished (what the runner hands to `start`)."""
     sinks = sinks if isinstance(sinks, (list, tuple)) else [sinks]
     infos, epochs, outcomes = events or scenario()
 
@@ -55,7 +56,7 @@ def feed(sinks, directory, events=None, finish=True, total=None) -> None:
             getattr(sink, method)(*args, **kwargs)
 
     each("start", sweep_name="unit", storage_dir=str(directory), spec=SPEC, metric=METRIC,
-         mode="max", total_trials=total if total is not None else len(infos))
+         mode="max", total_trials=total if total is not None else len(infos), prior=prior)
     for info in infos:
         each("trial_started", info)
     for key, epoch, metrics in epochs:
