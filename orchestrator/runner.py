@@ -20,11 +20,14 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ResumeError, StorageError
 from orchestrator.events import FinishedTrial, Sink, TrialOutcome
 from orchestrator.plan import Plan
+
+if TYPE_CHECKING:
+    from orchestrator._callback import SinkCallback
 
 __all__ = ["SweepResult", "check_storage", "default_sinks", "run_sweep", "sweep_dir"]
 
@@ -380,7 +383,6 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                 skip: frozenset[str] = frozenset()) -> SweepResult:
     from ray import tune
 
-    from orchestrator._callback import SinkCallback
     from orchestrator.tracking import default_tracking_uri
     from orchestrator.trainable import FAULT_ENV, run_trial
 
@@ -397,71 +399,97 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                              faults=os.environ.get(FAULT_ENV)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
-    experiment = _tune_experiment_dir(plan)
     if resume:
-        from orchestrator._ray_compat import restored_run_parts
-
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
-                                   resume_errored=True)
-        # Restore rebuilds the callback and the scheduler from tuner.pkl (two separate copies,
-        # neither the one built here) and takes neither as an argument: use the instances Tune
-        # will run, and let the callback read the stop reasons of the scheduler that really runs.
-        callbacks, restored_scheduler = restored_run_parts(tuner)
-        callback = next(cb for cb in callbacks if isinstance(cb, SinkCallback))
-        callback.attach_scheduler(restored_scheduler)
+        tuner, callback = _restored_tuner(plan, trainable)
     else:
-        scheduler = _scheduler(plan)
-        callback = SinkCallback(
-            sink_factory=sink_factory, factory_kwargs={"tracking_uri": uri},
-            start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
-                          "spec": _resolved_spec(plan), "metric": spec.search.metric,
-                          "mode": spec.search.mode, "total_trials": plan.num_trials},
-            scheduler=scheduler, search_base=plan.search_base, smoke=plan.smoke,
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(plan, skip),
-            tune_config=tune.TuneConfig(
-                metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
-                search_alg=_search_alg(plan),
-                num_samples=spec.search.num_samples if plan.is_search else 1,
-                # The arm scheduler caps concurrency itself: Tune's cap counts paused trials
-                # and would deadlock a rung waiting for seeds it never started.
-                max_concurrent_trials=(None if spec.asha_unit == "arm"
-                                       else spec.run.max_concurrent),
-                reuse_actors=True,
-                trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=_tune_storage(plan), callbacks=[callback],
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=spec.run.checkpoints_to_keep),
-            ),
-        )
+        tuner, callback = _new_tuner(plan, trainable, target, sink_factory, uri, skip)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
     callback.set_prior(_finished_trials(target))
-    interrupted, tune_error = False, ""
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    try:
-        grid = tuner.fit()
-        num_errors = grid.num_errors
-    except KeyboardInterrupt:
-        interrupted, num_errors = True, 0
-    except Exception as exc:  # noqa: BLE001 - Tune's own failure (e.g. its results unreadable
-        # on a full disk): the sinks hold every trial that ended; --resume continues the rest.
-        interrupted, num_errors = True, 0
-        tune_error = f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        callback.finish(interrupted=interrupted)
-    interrupted = interrupted or callback.interrupted
+    interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
                        interrupted=interrupted, sink_errors=list(callback.sink_errors),
                        tune_error=tune_error, storage_errors=storage_problems(plan))
+
+
+def _restored_tuner(plan: Plan, trainable: Any) -> tuple[Any, SinkCallback]:
+    """The Tuner of an interrupted sweep, from its saved experiment, and the callback it runs."""
+    from ray import tune
+
+    from orchestrator._callback import SinkCallback
+    from orchestrator._ray_compat import restored_run_parts
+
+    tuner = tune.Tuner.restore(_tune_experiment_dir(plan), trainable, resume_unfinished=True,
+                               resume_errored=True)
+    # Restore rebuilds the callback and the scheduler from tuner.pkl (two separate copies,
+    # neither the one built here) and takes neither as an argument: use the instances Tune
+    # will run, and let the callback read the stop reasons of the scheduler that really runs.
+    callbacks, restored_scheduler = restored_run_parts(tuner)
+    callback = next(cb for cb in callbacks if isinstance(cb, SinkCallback))
+    callback.attach_scheduler(restored_scheduler)
+    return tuner, callback
+
+
+def _new_tuner(plan: Plan, trainable: Any, target: Path,
+               sink_factory: Callable[..., Sequence[Sink]], uri: str,
+               skip: frozenset[str]) -> tuple[Any, SinkCallback]:
+    """A Tuner for the plan's trials (those not in `skip`) and the callback feeding the sinks."""
+    from ray import tune
+
+    from orchestrator._callback import SinkCallback
+
+    spec = plan.spec
+    scheduler = _scheduler(plan)
+    callback = SinkCallback(
+        sink_factory=sink_factory, factory_kwargs={"tracking_uri": uri},
+        start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
+                      "spec": _resolved_spec(plan), "metric": spec.search.metric,
+                      "mode": spec.search.mode, "total_trials": plan.num_trials},
+        scheduler=scheduler, search_base=plan.search_base, smoke=plan.smoke,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_param_space(plan, skip),
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
+            search_alg=_search_alg(plan),
+            num_samples=spec.search.num_samples if plan.is_search else 1,
+            # The arm scheduler caps concurrency itself: Tune's cap counts paused trials
+            # and would deadlock a rung waiting for seeds it never started.
+            max_concurrent_trials=(None if spec.asha_unit == "arm"
+                                   else spec.run.max_concurrent),
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=_tune_storage(plan), callbacks=[callback],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.run.checkpoints_to_keep),
+        ),
+    )
+    return tuner, callback
+
+
+def _fit(tuner: Any, callback: SinkCallback) -> tuple[bool, int, str]:
+    """Run the Tuner; SIGTERM stops it as Ctrl-C does. (interrupted, trial errors, Tune's own
+    failure if any); the sinks are finished whatever happens."""
+    interrupted, num_errors, tune_error = False, 0, ""
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    try:
+        num_errors = tuner.fit().num_errors
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as exc:  # noqa: BLE001 - Tune's own failure (e.g. its results unreadable
+        # on a full disk): the sinks hold every trial that ended; --resume continues the rest.
+        interrupted = True
+        tune_error = f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        callback.finish(interrupted=interrupted)
+    return interrupted or callback.interrupted, num_errors, tune_error
 
 
 def _finished_trials(target: Path) -> list[FinishedTrial]:
