@@ -15,8 +15,8 @@ import yaml
 from orchestrator._files import atomic_write_bytes
 from trainers._provenance import TRACKED_PACKAGES, git_commit, provenance, versions
 
-__all__ = ["SPEC_FILE", "TRACKED_PACKAGES", "git_commit", "provenance", "spec_yaml_text",
-           "versions", "write_spec_yaml"]
+__all__ = ["SPEC_FILE", "TRACKED_PACKAGES", "git_commit", "parse_spec_yaml", "provenance",
+           "spec_yaml_text", "versions", "write_spec_yaml"]
 
 SPEC_FILE = "spec.yaml"
 
@@ -53,3 +53,9 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def parse_spec_yaml(text: str) -> Any:
+    """A recorded spec.yaml parsed (yaml.YAMLError if it is not YAML), with libyaml's parser
+    where PyYAML has it: a 10,000-trial sweep's record takes 9 s to parse in pure Python."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -27,6 +27,8 @@ __all__ = ["ARMS_CSV_COLUMNS", "arm_rows"]
 
 ARMS_CSV_COLUMNS = ("arm", "baseline", "n_completed", "n_stopped", "mean", "std", "ci_low",
                     "ci_high", "diff", "p_value", "p_holm", "verdict", "params", "macs")
+_ARM_COLUMNS = ("arm", "seed", "status", "stop_reason", "metric_final", "epochs_run",
+                "backbone", "params", "macs")
 _RUNG_RE = re.compile(r"rung-(\d+)")
 _EPOCH_RE = re.compile(r"at epoch (\d+)")
 
@@ -92,9 +94,8 @@ def _roles(inputs: SweepInputs) -> dict[str, str]:
     return out
 
 
-def _one_arm(inputs: SweepInputs, arm: ArmInfo, role: str) -> dict[str, Any]:
-    trials = inputs.trials
-    rows = trials[trials["arm"] == arm.name]
+def _one_arm(inputs: SweepInputs, arm: ArmInfo, role: str, rows: pd.DataFrame) -> dict[str, Any]:
+    """The arm's row from its trials (`rows`: the columns _ARM_COLUMNS of its trials)."""
     values, notes = _seed_values(rows)
     stopped = rows[rows["status"] == "stopped"]
     summary = stats.summarize(list(values.values()))
@@ -150,7 +151,11 @@ def _compare(row: dict[str, Any], ref: dict[str, Any] | None) -> None:
 def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
     """Every arm in plan order: the arms.csv columns, then the details the tables show."""
     roles = _roles(inputs)
-    rows = [_one_arm(inputs, a, roles[a.name]) for a in inputs.arms]
+    # One pass over the trials (a study may have thousands), with only the columns used.
+    narrow = inputs.trials[list(_ARM_COLUMNS)]
+    by_arm = {str(name): group for name, group in narrow.groupby("arm", sort=False)}
+    rows = [_one_arm(inputs, a, roles[a.name], by_arm.get(a.name, narrow.iloc[:0]))
+            for a in inputs.arms]
     by_name = {r["arm"]: r for r in rows}
     for row in rows:
         _compare(row, by_name.get(row["baseline"]) if row["baseline"] else None)

@@ -85,8 +85,10 @@ def _read_spec(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{path}: not found; the sweep writes its resolved spec there when it "
                           f"starts: pass the sweep's own folder (<storage>/<name>/)")
+    from orchestrator._provenance import parse_spec_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_spec_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path}: not readable YAML ({type(exc).__name__}); the sweep writes "
                           f"it at its start: {_FIX_TABLE}") from None

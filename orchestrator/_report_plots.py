@@ -13,8 +13,9 @@
 A study of hundreds of arms (a factorial) would give plots nobody can read and that take minutes
 to draw (matplotlib's shared axes cost grows with the square of the panels): the curves show at
 most `MAX_PANELS` arms and the differences at most `MAX_ROWS`, those with the largest difference
-to their reference, and the title says how many of how many; the search curves show the best
-`MAX_CURVES` trials. Every arm and trial stays in arms.csv and the tables.
+to their reference, and the title says how many of how many; the size plots name the references
+and at most `MAX_LABELS` other arms; the search curves show the best `MAX_CURVES` trials.
+Every arm and trial stays in arms.csv and the tables.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["MAX_CURVES", "MAX_PANELS", "MAX_ROWS", "curve_plot", "difference_plot",
+__all__ = ["MAX_CURVES", "MAX_LABELS", "MAX_PANELS", "MAX_ROWS", "curve_plot", "difference_plot",
            "search_plots", "size_plots"]
 
 MAX_PANELS = 24
 MAX_ROWS = 40
+MAX_LABELS = 12
 MAX_CURVES = 50
 
 _COLORS = {"better": "#1a9850", "worse": "#d73027"}
@@ -103,20 +105,32 @@ def size_plots(df: pd.DataFrame, metric: str, mode: str, out: Path,
                 if ref is not None and _finite(ref[col]):
                     ax.plot([ref[col] / 1e6, r[col] / 1e6], [ref["mean"], r["mean"]],
                             color="0.75", lw=1, zorder=1)
+        is_ref = {r["arm"]: r["arm"] in refs or r["role"] == "baseline" for r in pts}
+        for ref in (True, False):                  # one errorbar call per kind, not per arm
+            group = [r for r in pts if is_ref[r["arm"]] == ref]
+            if group:
+                ax.errorbar([r[col] / 1e6 for r in group], [r["mean"] for r in group],
+                            yerr=[r["std"] if _finite(r["std"]) else 0.0 for r in group],
+                            fmt="s" if ref else "o", ms=7 if ref else 6, capsize=3, zorder=2,
+                            color="black" if ref else "tab:blue",
+                            mfc="white" if ref else "tab:blue", ls="none")
+        # Names: every arm of a small study; of a large one, the references and the arms with
+        # the largest differences (the rest would be an unreadable blot).
+        others = [r for r in pts if not is_ref[r["arm"]]]
+        named = ({r["arm"] for r in _largest_differences(others, MAX_LABELS)}
+                 | {a for a, ref in is_ref.items() if ref})
         for r in pts:
-            is_ref = r["arm"] in refs or r["role"] == "baseline"
-            err = r["std"] if _finite(r["std"]) else 0.0
-            ax.errorbar(r[col] / 1e6, r["mean"], yerr=err, fmt="s" if is_ref else "o",
-                        ms=7 if is_ref else 6, capsize=3, zorder=2,
-                        color="black" if is_ref else "tab:blue",
-                        mfc="white" if is_ref else "tab:blue")
-            ax.annotate(r["arm"], (r[col] / 1e6, r["mean"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
+            if r["arm"] in named:
+                ax.annotate(r["arm"], (r[col] / 1e6, r["mean"]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7)
         ax.margins(x=0.15, y=0.08)
         ax.set_xlabel(f"{label} (millions)")
         ax.set_ylabel(f"{metric} (final, mean ± 1 SD over seeds)")
+        unnamed = len(pts) - len(named)
         ax.set_title(f"{metric} against {label}: squares are reference arms "
-                     f"({'higher' if mode == 'max' else 'lower'} is better)", fontsize=9)
+                     f"({'higher' if mode == 'max' else 'lower'} is better)"
+                     + (f"\n{unnamed} arms unnamed (all in arms.csv)" if unnamed else ""),
+                     fontsize=9)
         ax.grid(alpha=0.3)
         written.append(_save(fig, out / name))
     return written

@@ -180,11 +180,11 @@ def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
     """--resume continues the sweep it saved: same spec, same --set values, same --smoke."""
     import json
 
-    import yaml
+    from orchestrator._provenance import parse_spec_yaml
 
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = parse_spec_yaml(saved_path.read_text()) or {}
     current = json.loads(json.dumps(_resolved_spec(plan)))
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differ:
