@@ -307,20 +307,35 @@ def build_plan(
         return checked[key]
 
     if spec.search.space:
-        search_base = resolve_checked({"seed": spec.seeds[0]}, "base")
-        for key, dom in spec.search.space.items():
-            for i, value in enumerate(_domain_probe_values(dom)):
-                resolve_checked({key: value, "seed": spec.seeds[0]},
-                                f"search.space.{key}.{dom.kind}[{i}]")
-        _check_metric(spec, [search_base], source)
-        return Plan(spec=spec, source=source, arms=(Arm("hpo", {}),), trials=(),
-                    search_base=search_base, smoke=smoke, warnings=tuple(warnings))
+        return _search_plan(spec, source, smoke, resolve_checked, warnings)
+    return _design_plan(spec, source, smoke, resolve_checked, warnings)
 
+
+_Resolve = Callable[[Mapping[str, Any], str], dict[str, Any]]
+
+
+def _search_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
+                 warnings: Mapping[str, None]) -> Plan:
+    """A hyper-parameter search: no arms; the base config and a probe of each searched domain
+    (its bounds and choices) are checked now, the samples are drawn at run time."""
+    search_base = resolve({"seed": spec.seeds[0]}, "base")
+    for key, dom in spec.search.space.items():
+        for i, value in enumerate(_domain_probe_values(dom)):
+            resolve({key: value, "seed": spec.seeds[0]}, f"search.space.{key}.{dom.kind}[{i}]")
+    _check_metric(spec, [search_base], source)
+    return Plan(spec=spec, source=source, arms=(Arm("hpo", {}),), trials=(),
+                search_base=search_base, smoke=smoke, warnings=tuple(warnings))
+
+
+def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
+                 warnings: Mapping[str, None]) -> Plan:
+    """A designed study: its arms (design points resolving to one config run once, the later
+    names kept as aliases), each arm's reference, and arms x seeds trials with stable keys."""
     arms: list[Arm] = []
     arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
     by_key: dict[str, int] = {}
     for name, overrides, where, factors in _design_points(spec, source):
-        cfg = resolve_checked(overrides, where)
+        cfg = resolve(overrides, where)
         key = trial_key(cfg)
         if key in by_key:
             first = arms[by_key[key]]
