@@ -154,7 +154,7 @@ MUTATIONS: list[Mutation] = [
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
     Mutation("trial-crashes-in-worker", "orchestrator/trainable.py",
-             "    trial = identify(config, search_base=search_base, smoke=smoke)\n    cfg",
+             "    trial = identify(config, configs=configs, sampler=sampler)\n    cfg",
              "    raise RuntimeError('mutant')\n    cfg",
              "every trial raises in its Ray worker (shows the workers import the copy)"),
     Mutation("failed-trial-exit-0", "orchestrator/runner.py",

@@ -72,7 +72,7 @@ def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
     epoch_time = 0.0
     for p in planned:
         rng = random.Random(p.key)
-        sink.trial_started(TrialInfo(key=p.key, arm=p.arm, seed=p.seed, config=dict(p.config),
+        sink.trial_started(TrialInfo(key=p.key, arm=p.arm, seed=p.seed, config=p.config.to_dict(),
                                      backbone=p.backbone, tags={"design": "factorial"}))
         top = 0.70 + effects[p.arm] + 0.002 * p.seed % 0.01
         best = 0.0

@@ -28,8 +28,9 @@ from orchestrator.events import (
     TrialStatus,
     is_better,
 )
-from orchestrator.plan import PlannedTrial, trial_key
+from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
+from trainers.config import TrainConfig
 
 __all__ = ["SinkCallback"]
 
@@ -50,14 +51,13 @@ def _node(result: Mapping[str, Any]) -> str:
 
 class SinkCallback(Callback):
     def __init__(self, *, sink_factory: Callable[..., Sequence[Sink]], factory_kwargs: Mapping,
-                 start_kwargs: Mapping[str, Any], scheduler: Any = None,
-                 search_base: Mapping[str, Any] | None = None, smoke: bool = False) -> None:
+                 start_kwargs: Mapping[str, Any], scheduler: Any = None) -> None:
         self._factory = sink_factory
         self._factory_kwargs = dict(factory_kwargs)
         self._start_kwargs = dict(start_kwargs)
         self._scheduler = scheduler        # RecordingASHA (shared object) or None
-        self._search_base = search_base
-        self._smoke = smoke
+        self._configs: Mapping[str, TrainConfig] = {}
+        self._sampler: SampleResolver | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -86,6 +86,11 @@ class SinkCallback(Callback):
         callback carries the list saved with the experiment: always set it anew)."""
         self._start_kwargs["prior"] = tuple(prior)
 
+    def set_plan(self, configs: Mapping[str, TrainConfig], sampler: SampleResolver | None) -> None:
+        """The plan's trial configs by key and its search sampler, as the workers get them (set
+        by the runner on every run: they are not saved with the experiment)."""
+        self._configs, self._sampler = configs, sampler
+
     def attach_scheduler(self, scheduler: Any) -> None:
         """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""
         self._scheduler = scheduler
@@ -93,15 +98,16 @@ class SinkCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
-        for name in ("_scheduler", "_sinks", "sink_errors", "outcomes", "_trials", "_key_owner",
-                     "_started_at", "_last", "_best", "_epochs", "finished", "interrupted",
-                     "_started_ids", "_finished_ids", "_announced"):
+        for name in ("_scheduler", "_configs", "_sampler", "_sinks", "sink_errors", "outcomes",
+                     "_trials", "_key_owner", "_started_at", "_last", "_best", "_epochs",
+                     "finished", "interrupted", "_started_ids", "_finished_ids", "_announced"):
             state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._scheduler = None      # the runner attaches the live one
+        self._scheduler = None      # the runner attaches the live one and sets the plan
+        self._configs, self._sampler = {}, None
         self._reset_state()
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -126,12 +132,13 @@ class SinkCallback(Callback):
         planned = self._trials.get(trial.trial_id)
         if planned is not None:
             return planned
-        planned = identify(trial.config, search_base=self._search_base, smoke=self._smoke)
+        planned = identify(trial.config, configs=self._configs, sampler=self._sampler)
         owner = self._key_owner.get(planned.key)
         if owner is not None and owner != trial.trial_id:
             # Two searched samples resolved to the same config: keep both, distinctly keyed.
             n = sum(1 for p in self._trials.values() if p.config == planned.config)
-            planned = PlannedTrial(trial_key({**planned.config, "_duplicate": n}), planned.arm,
+            planned = PlannedTrial(trial_key({**planned.config.to_dict(), "_duplicate": n}),
+                                   planned.arm,
                                    planned.seed, planned.config, planned.aliases)
         self._key_owner[planned.key] = trial.trial_id
         self._trials[trial.trial_id] = planned
@@ -151,8 +158,9 @@ class SinkCallback(Callback):
             tags["aliases"] = ";".join(p.aliases)
         if "trial" not in trial.config:
             tags.update({f"sampled.{k}": str(v) for k, v in trial.config.items()})
-        self._emit("trial_started", TrialInfo(key=p.key, arm=p.arm, seed=p.seed, config=p.config,
-                                              backbone=p.backbone, tags=tags))
+        self._emit("trial_started", TrialInfo(key=p.key, arm=p.arm, seed=p.seed,
+                                              config=p.config.to_dict(), backbone=p.backbone,
+                                              tags=tags))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -207,7 +215,7 @@ class SinkCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._planned(trial)
         self._catch_up(trial)
-        epochs, planned_epochs = self._epochs.get(trial.trial_id, 0), p.config["train"]["epochs"]
+        epochs, planned_epochs = self._epochs.get(trial.trial_id, 0), p.config.train.epochs
         stops = getattr(self._scheduler, "stop_reasons", {})
         if trial.trial_id in stops:
             outcome = self._outcome(trial, "stopped", stops[trial.trial_id])
@@ -249,7 +257,7 @@ class SinkCallback(Callback):
             t.trial_id not in self._finished_ids
             and (t.trial_id in self._started_ids or t.status not in ("TERMINATED", "ERROR"))
             for t in trials
-        ) or (total is not None and self._search_base is not None and len(trials) < total)
+        ) or (total is not None and self._sampler is not None and len(trials) < total)
         self.finish(interrupted=self.interrupted)
 
     def finish(self, *, interrupted: bool) -> None:

@@ -202,7 +202,9 @@ class ArmScheduler(TrialScheduler):
         return int((trial.last_result or {}).get(self._time_attr) or 0)
 
     def _planned_epochs(self, trial: Trial) -> int:
-        return int(trial.config["trial"]["config"]["train"]["epochs"])
+        t = trial.config["trial"]
+        # A sweep started before the configs moved out of Tune's config carries them inline.
+        return int(t["epochs"] if "epochs" in t else t["config"]["train"]["epochs"])
 
     def _done(self, trial: Trial) -> bool:
         return self._epoch(trial) >= self._planned_epochs(trial)

@@ -12,12 +12,13 @@ assumed.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.plan import Plan
+
+if TYPE_CHECKING:
+    from trainers.config import DataConfig, TrainConfig
 
 __all__ = ["Estimate", "estimate_plan"]
 
@@ -33,11 +34,9 @@ class Estimate:
     assumed_sizes: bool             # True when an imagefolder was counted as ImageNet-1k
 
 
-def _sizes(data_cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
+def _sizes(data: DataConfig) -> tuple[int, int, bool]:
     from trainers import data as data_lib
-    from trainers.config import DataConfig
 
-    data = DataConfig.model_validate(data_cfg)
     n_train = data_lib.train_size(data)
     if n_train is None:
         return (*_IMAGENET, True)
@@ -50,11 +49,9 @@ def _sizes(data_cfg: Mapping[str, Any]) -> tuple[int, int, bool]:
     return n_train, n_val, False
 
 
-def _model_macs(cfg: Mapping[str, Any], counter: Any) -> tuple[str, int]:
-    from trainers.config import TrainConfig
+def _model_macs(tc: TrainConfig, counter: Any) -> tuple[str, int]:
     from trainers.train import resolve_img_size
 
-    tc = TrainConfig.model_validate(cfg)
     img = resolve_img_size(tc)
     return f"{tc.model.backbone}@{img}px", counter.macs(tc.model, img)
 
@@ -68,20 +65,25 @@ def estimate_plan(plan: Plan) -> Estimate:
     counter = MacCounter(num_classes=10)
     # Trials of one arm differ only in their seed: model and data are worked out once per arm.
     per_config: dict[str, tuple[str, int, int, int, bool]] = {}
+    idents: dict[tuple[int, int], str] = {}
     per_model: dict[str, tuple[int, int]] = {}
     total = 0.0
     assumed = False
     for cfg in configs:
-        ident = json.dumps([cfg["model"], cfg["data"]], sort_keys=True)
+        # The seeds of an arm share its model and data objects: serialise each pair once.
+        pair = (id(cfg.model), id(cfg.data))
+        if pair not in idents:
+            idents[pair] = cfg.model.model_dump_json() + cfg.data.model_dump_json()
+        ident = idents[pair]
         if ident not in per_config:
-            per_config[ident] = (*_model_macs(cfg, counter), *_sizes(cfg["data"]))
+            per_config[ident] = (*_model_macs(cfg, counter), *_sizes(cfg.data))
         label, macs, n_train, n_val, guessed = per_config[ident]
         lo, hi = per_model.get(label, (macs, macs))
         per_model[label] = (min(lo, macs), max(hi, macs))
         assumed |= guessed
-        train = cfg["train"]
-        if train.get("steps_per_epoch"):
-            n_train = min(n_train, train["steps_per_epoch"] * train["batch_size"])
-        total += macs * (3 * n_train + n_val) * train["epochs"]
-    return Estimate(trials=len(configs), epochs_max=sum(c["train"]["epochs"] for c in configs),
+        train = cfg.train
+        if train.steps_per_epoch:
+            n_train = min(n_train, train.steps_per_epoch * train.batch_size)
+        total += macs * (3 * n_train + n_val) * train.epochs
+    return Estimate(trials=len(configs), epochs_max=sum(c.train.epochs for c in configs),
                     train_macs=total, macs_per_image=per_model, assumed_sizes=assumed)

@@ -16,7 +16,12 @@ Arms whose resolved configs are identical run once: the first name (in the order
 the others are kept as aliases (an ofat axis value equal to base is the base arm). Trials are
 ordered seed-major (every arm of seed 0, then seed 1, ...) so a partial sweep holds complete
 paired comparisons. A hyper-parameter search (`search.space`) has no arms: its trials are sampled
-at run time, and `resolve_sample` gives each sample its config and key.
+at run time, and the plan's `sampler` (a SampleResolver) gives each sample its config.
+
+The plan is typed: every trial's config is a `TrainConfig`, validated once, here (the schema, then
+the trainer's checks: model, layer ranges, optimizer, data), and shipped to the worker as it is,
+which trains it without checking it again. `--smoke` is applied here too, to every config and to
+every search sample (through the sampler), so nothing downstream knows about it.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from orchestrator.errors import PlanError
 from orchestrator.spec import SweepSpec
 from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
 
-__all__ = ["Arm", "Plan", "PlannedTrial", "build_plan", "format_overrides", "reported_metrics",
-           "resolve_sample", "trial_key"]
+__all__ = ["Arm", "Plan", "PlannedTrial", "SampleResolver", "build_plan", "format_overrides",
+           "reported_metrics", "resolve_sample", "trial_key"]
 
 # Execution-only settings: they do not change what a trial computes, so they stay out of its key
 # (the same study on a laptop and on a cluster has the same trial keys).
@@ -58,12 +63,30 @@ class PlannedTrial:
     key: str
     arm: str
     seed: int
-    config: Mapping[str, Any]           # resolved TrainConfig as a JSON-able nested dict
+    config: TrainConfig                 # resolved and validated once, at planning
     aliases: tuple[str, ...] = ()
 
     @property
     def backbone(self) -> str:
-        return self.config["model"]["backbone"]
+        return self.config.model.backbone
+
+
+@dataclass(frozen=True)
+class SampleResolver:
+    """A search sample (dotted key -> value) -> its trial's TrainConfig: the sample applied to the
+    search base, validated once, and shrunk when the sweep runs with --smoke. Picklable: the worker
+    and the driver's callback each hold one and agree on every config."""
+
+    search_base: TrainConfig
+    smoke: bool = False
+
+    def __call__(self, sample: Mapping[str, Any]) -> TrainConfig:
+        cfg = resolve_sample(self.search_base, sample)
+        if self.smoke:
+            from orchestrator.smoke import shrink_config
+
+            cfg = TrainConfig.model_validate(shrink_config(cfg.to_dict()))
+        return cfg
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ class Plan:
     source: str
     arms: tuple[Arm, ...]
     trials: tuple[PlannedTrial, ...]    # empty for a search: trials are sampled at run time
-    search_base: Mapping[str, Any] | None = None   # base config (with seed) a search samples into
+    search_base: TrainConfig | None = None   # base config (with seed) a search samples into
     smoke: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
     # Every arm but the baseline -> the arm it is measured against (spec `references`, else the
@@ -108,19 +131,33 @@ class Plan:
         return self.spec.search.num_samples * grid
 
     @property
+    def sampler(self) -> SampleResolver | None:
+        """What turns a search sample into its trial's config (None for a designed study)."""
+        if self.search_base is None:
+            return None
+        return SampleResolver(self.search_base, self.smoke)
+
+    @property
+    def configs(self) -> dict[str, TrainConfig]:
+        """Trial key -> its validated config, as the workers receive them."""
+        return {t.key: t.config for t in self.trials}
+
+    @property
     def max_epochs(self) -> int:
         configs = [t.config for t in self.trials]
         if not configs and self.search_base is not None:
             configs = [self.search_base]
-        return max(c["train"]["epochs"] for c in configs)
+        return max(c.train.epochs for c in configs)
 
 
-def trial_key(config: Mapping[str, Any]) -> str:
+def trial_key(config: TrainConfig | Mapping[str, Any]) -> str:
     """12 hex digits of the sha256 of the canonical JSON of a resolved config (seed included)."""
     return _digest(_canonical(_key_data(config)))
 
 
-def _key_data(config: Mapping[str, Any]) -> dict[str, Any]:
+def _key_data(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(config, TrainConfig):
+        config = config.to_dict()
     data = json.loads(json.dumps(config))
     for path in _EXECUTION_KEYS:
         node = data
@@ -138,7 +175,7 @@ def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def _seed_keys(config: Mapping[str, Any], seeds: Iterable[int]) -> list[str]:
+def _seed_keys(config: TrainConfig, seeds: Iterable[int]) -> list[str]:
     """[trial_key(dict(config, seed=s)) for s in seeds], the config serialised once, not once per
     seed (a 400-arm x 25-seed plan: 0.35 s -> 0.03 s). The canonical JSON of the top-level dict is
     its items, sorted by key, each `"key":value`, joined by commas, as json.dumps writes it."""
@@ -201,16 +238,15 @@ def _label(short: str, value: Any) -> str:
 
 # ----------------------------------------------------------------------------------- resolution
 
-def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """base + dotted overrides -> validated TrainConfig dict; PlanError naming `where` if
+def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> TrainConfig:
+    """base + dotted overrides -> TrainConfig (the schema checked); PlanError naming `where` if
     invalid."""
     data = apply_overrides(base, overrides)
     try:
-        cfg = TrainConfig.model_validate(data)
+        return TrainConfig.model_validate(data)
     except ValidationError as err:
         lines = format_validation_error(err, TrainConfig)
         raise PlanError(f"{where}: " + "; ".join(lines)) from None
-    return cfg.to_dict()
 
 
 def _design_points(spec: SweepSpec, source: str
@@ -288,19 +324,21 @@ def build_plan(
 
     validate = validate or _trainer_validate
     base = dict(spec.base)
-    checked: dict[str, dict[str, Any]] = {}
+    checked: dict[str, TrainConfig] = {}
     warnings: dict[str, None] = {}
 
-    def resolve_checked(overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
-        cfg = _resolve(base, overrides, f"{source}: {where}")
-        key = trial_key(cfg)
+    def resolve_checked(overrides: Mapping[str, Any], where: str) -> TrainConfig:
+        # Equal data, equal config: each distinct one is validated once.
+        key = json.dumps(apply_overrides(base, overrides), sort_keys=True, default=str)
         if key not in checked:
+            cfg = _resolve(base, overrides, f"{source}: {where}")
             need_data = data_required and not smoke
             problem = _run_check(validate, cfg, f"{source}: {where}", data_required=need_data)
             if problem:
                 warnings[problem] = None
             if smoke:
-                small = smoke_mod.shrink_config(cfg)
+                small = _resolve(smoke_mod.shrink_config(cfg.to_dict()), {},
+                                 f"{source}: {where} (--smoke)")
                 _run_check(validate, small, f"{source}: {where} (--smoke)", data_required=True)
                 cfg = small
             checked[key] = cfg
@@ -311,7 +349,7 @@ def build_plan(
     return _design_plan(spec, source, smoke, resolve_checked, warnings)
 
 
-_Resolve = Callable[[Mapping[str, Any], str], dict[str, Any]]
+_Resolve = Callable[[Mapping[str, Any], str], TrainConfig]
 
 
 def _search_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
@@ -332,7 +370,7 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
     """A designed study: its arms (design points resolving to one config run once, the later
     names kept as aliases), each arm's reference, and arms x seeds trials with stable keys."""
     arms: list[Arm] = []
-    arm_cfgs: dict[str, dict[str, Any]] = {}     # config key (seed of base) -> config
+    arm_cfgs: dict[str, TrainConfig] = {}        # arm name -> config (with base's seed)
     by_key: dict[str, int] = {}
     for name, overrides, where, factors in _design_points(spec, source):
         cfg = resolve(overrides, where)
@@ -350,7 +388,7 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
     trials = []
     for i, seed in enumerate(spec.seeds):
         for arm in arms:
-            cfg = dict(arm_cfgs[arm.name], seed=seed)
+            cfg = arm_cfgs[arm.name].model_copy(update={"seed": seed})
             trials.append(PlannedTrial(keys[arm.name][i], arm.name, seed, cfg, arm.aliases))
     _check_metric(spec, list(arm_cfgs.values()), source)
     return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
@@ -362,13 +400,12 @@ def _domain_probe_values(dom) -> list[Any]:
     return list(dom.values)
 
 
-def _run_check(validate: Callable[[TrainConfig], None], cfg: Mapping[str, Any], where: str, *,
+def _run_check(validate: Callable[[TrainConfig], None], tc: TrainConfig, where: str, *,
                data_required: bool) -> str | None:
-    """Raise PlanError if `cfg` is not a valid trial; return the data problem if it was waived
+    """Raise PlanError if `tc` is not a valid trial; return the data problem if it was waived
     (one message for every config that shares the dataset)."""
     from trainers.data import check_data
 
-    tc = TrainConfig.model_validate(cfg)
     waived = None
     if not data_required:
         try:
@@ -417,10 +454,10 @@ def reported_metrics(cfg: TrainConfig) -> set[str]:
     return names
 
 
-def _check_metric(spec: SweepSpec, configs: list[Mapping[str, Any]], source: str) -> None:
+def _check_metric(spec: SweepSpec, configs: list[TrainConfig], source: str) -> None:
     """The metric is reported by every trial, and ASHA's first rung comes before the last epoch."""
     asha = spec.search.asha
-    max_epochs = max(c["train"]["epochs"] for c in configs)
+    max_epochs = max(c.train.epochs for c in configs)
     if asha is not None and asha.grace_period > max_epochs:
         raise PlanError(
             f"{source}: search.scheduler.asha.grace_period: {asha.grace_period} is more than the "
@@ -429,15 +466,15 @@ def _check_metric(spec: SweepSpec, configs: list[Mapping[str, Any]], source: str
         )
     metric = spec.search.metric
     for cfg in configs:
-        names = reported_metrics(TrainConfig.model_validate(cfg))
+        names = reported_metrics(cfg)
         if metric not in names:
             raise PlanError(
-                f"{source}: search.metric: no trial of {cfg['model']['backbone']} "
-                f"{'with train.ema=false ' if not cfg['train']['ema'] else ''}reports {metric!r}; "
+                f"{source}: search.metric: no trial of {cfg.model.backbone} "
+                f"{'with train.ema=false ' if not cfg.train.ema else ''}reports {metric!r}; "
                 f"pick one of {', '.join(sorted(names))}"
             )
 
 
-def resolve_sample(search_base: Mapping[str, Any], sample: Mapping[str, Any]) -> dict[str, Any]:
-    """A search sample (dotted key -> value) applied to the search base, as a TrainConfig dict."""
-    return TrainConfig.model_validate(apply_overrides(search_base, sample)).to_dict()
+def resolve_sample(search_base: TrainConfig, sample: Mapping[str, Any]) -> TrainConfig:
+    """A search sample (dotted key -> value) applied to the search base, validated."""
+    return TrainConfig.model_validate(apply_overrides(search_base.to_dict(), sample))

@@ -245,7 +245,9 @@ def _param_space(plan: Plan, skip: frozenset[str] = frozenset()) -> dict[str, An
 
     if plan.is_search:
         return {key: _domain(dom) for key, dom in plan.spec.search.space.items()}
-    points = [{"key": t.key, "arm": t.arm, "seed": t.seed, "config": dict(t.config),
+    # The configs themselves go to the workers by key (tune.with_parameters): Tune's config of a
+    # trial says which one it is, and its epochs for the arm scheduler.
+    points = [{"key": t.key, "arm": t.arm, "seed": t.seed, "epochs": t.config.train.epochs,
                "aliases": list(t.aliases)} for t in plan.trials if t.key not in skip]
     return {"trial": tune.grid_search(points)}
 
@@ -395,7 +397,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
 
     res = spec.run.resources_per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, search_base=plan.search_base, smoke=plan.smoke,
+        tune.with_parameters(run_trial, configs=plan.configs, sampler=plan.sampler,
                              faults=os.environ.get(FAULT_ENV)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
@@ -406,6 +408,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
     callback.set_prior(_finished_trials(target))
+    callback.set_plan(plan.configs, plan.sampler)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
@@ -446,7 +449,7 @@ def _new_tuner(plan: Plan, trainable: Any, target: Path,
         start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
                       "spec": _resolved_spec(plan), "metric": spec.search.metric,
                       "mode": spec.search.mode, "total_trials": plan.num_trials},
-        scheduler=scheduler, search_base=plan.search_base, smoke=plan.smoke,
+        scheduler=scheduler,
     )
     tuner = tune.Tuner(
         trainable,

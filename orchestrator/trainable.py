@@ -1,9 +1,11 @@
 """The Ray Tune function trainable: a thin adapter from a Tune trial to `trainers.train.train`.
 
 A trial's Tune config is plain data. For a planned design it is `{"trial": {key, arm, seed,
-config}}` (one grid point per arm x seed); for a search it is the sampled values by dotted key,
-applied to the search base (shipped with `tune.with_parameters`). `identify` turns either into the
-trial's identity, and the driver's callback uses the same function, so worker and driver agree
+epochs, aliases}}` (one grid point per arm x seed) and its TrainConfig, validated at planning,
+comes by key from the plan's configs (shipped with `tune.with_parameters`), so the worker trains it
+without checking it again; for a search it is the sampled values by dotted key, which the plan's
+SampleResolver (shipped the same way) turns into the trial's config. `identify` turns either into
+the trial's identity, and the driver's callback uses the same function, so worker and driver agree
 on every key. The trainable sets torch's thread count to the trial's CPUs (reused actors keep the
 previous trial's count otherwise), resumes from Tune's checkpoint when there is one, and reports
 each epoch's metrics with the trainer's checkpoint directory.
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.plan import PlannedTrial, resolve_sample, trial_key
+from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -74,21 +76,22 @@ class _FaultyReporter:
                                 f"{epoch} of {self._trial.arm}/seed{self._trial.seed}")
 
 
-def identify(config: Mapping[str, Any], *, search_base: Mapping[str, Any] | None = None,
-             smoke: bool = False) -> PlannedTrial:
-    """The planned trial a Tune config stands for (arm, seed, resolved config, key)."""
+def identify(config: Mapping[str, Any], *, configs: Mapping[str, TrainConfig] | None = None,
+             sampler: SampleResolver | None = None) -> PlannedTrial:
+    """The planned trial a Tune config stands for (arm, seed, resolved config, key): a planned
+    trial's config by its key from `configs` (the plan's, validated there), a search sample's
+    from `sampler`."""
     if "trial" in config:
         t = config["trial"]
-        return PlannedTrial(t["key"], t["arm"], int(t["seed"]), t["config"], tuple(t["aliases"]))
-    if search_base is None:
+        if configs is None or t["key"] not in configs:
+            raise ValueError(f"trial {t['key']} ({t['arm']}, seed {t['seed']}) is not in the "
+                             f"plan's configs")
+        return PlannedTrial(t["key"], t["arm"], int(t["seed"]), configs[t["key"]],
+                            tuple(t["aliases"]))
+    if sampler is None:
         raise ValueError("a sampled trial config needs the search base it was sampled into")
-    sample = {k: v for k, v in config.items() if k != "trial"}
-    cfg = resolve_sample(search_base, sample)
-    if smoke:
-        from orchestrator.smoke import shrink_config
-
-        cfg = shrink_config(cfg)
-    return PlannedTrial(trial_key(cfg), "hpo", int(cfg["seed"]), cfg)
+    cfg = sampler({k: v for k, v in config.items() if k != "trial"})
+    return PlannedTrial(trial_key(cfg), "hpo", cfg.seed, cfg)
 
 
 class TuneReporter:
@@ -128,17 +131,18 @@ def fit_to_resources(cfg: TrainConfig, cpus: int, gpus: float) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
-def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = None,
-              smoke: bool = False, faults: str | None = None) -> None:
-    """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any."""
+def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None = None,
+              sampler: SampleResolver | None = None, faults: str | None = None) -> None:
+    """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any. Its
+    config was validated when the plan was built (a sample's by the sampler): it is not checked
+    again here."""
     import torch
     from ray import tune
 
-    from trainers.config import TrainConfig
     from trainers.train import train
 
-    trial = identify(config, search_base=search_base, smoke=smoke)
-    cfg = TrainConfig.model_validate(trial.config)
+    trial = identify(config, configs=configs, sampler=sampler)
+    cfg = trial.config
     given = _trial_resources()
     if given is not None:
         torch.set_num_threads(given[0])
@@ -152,10 +156,10 @@ def run_trial(config: dict[str, Any], search_base: Mapping[str, Any] | None = No
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train(cfg, reporter, out_dir=out_dir)
+            train(cfg, reporter, out_dir=out_dir, checked=True)
         else:
             with checkpoint.as_directory() as ckpt_dir:
-                train(cfg, reporter, out_dir=out_dir, resume_from=ckpt_dir)
+                train(cfg, reporter, out_dir=out_dir, resume_from=ckpt_dir, checked=True)
     finally:
         # Tune has copied every reported checkpoint into the sweep's storage already.
         shutil.rmtree(out_dir, ignore_errors=True)

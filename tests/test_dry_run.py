@@ -17,13 +17,12 @@ def reference_estimate(plan):
     """The estimate as it was computed before MacCounter: every distinct model built on the meta
     device (on the CPU where it cannot be) and traced whole, the trials summed in plan order."""
     from trainers import data as data_lib, registry
-    from trainers.config import DataConfig, TrainConfig
     from trainers.train import resolve_img_size
 
     cache, per_model, total, assumed = {}, {}, 0.0, False
     configs = [t.config for t in plan.trials] or [plan.search_base] * plan.num_trials
     for cfg in configs:
-        tc = TrainConfig.model_validate(cfg)
+        tc = cfg
         img = resolve_img_size(tc)
         ident = json.dumps([tc.model.model_dump(mode="json"), img], sort_keys=True)
         if ident not in cache:
@@ -36,17 +35,17 @@ def reference_estimate(plan):
         macs, label = cache[ident], f"{tc.model.backbone}@{img}px"
         lo, hi = per_model.get(label, (macs, macs))
         per_model[label] = (min(lo, macs), max(hi, macs))
-        data = DataConfig.model_validate(cfg["data"])
+        data = cfg.data
         n_train = data_lib.train_size(data)
         if n_train is None:
             n_train, n_val, assumed = 1_281_167, 50_000, True
         else:
             n_val = {"digits": 1797 - n_train, "synthetic": data.synthetic_val}.get(data.name,
                                                                                      10_000)
-        if cfg["train"].get("steps_per_epoch"):
-            n_train = min(n_train, cfg["train"]["steps_per_epoch"] * cfg["train"]["batch_size"])
-        total += macs * (3 * n_train + n_val) * cfg["train"]["epochs"]
-    return (len(configs), sum(c["train"]["epochs"] for c in configs), total, per_model, assumed)
+        if cfg.train.steps_per_epoch:
+            n_train = min(n_train, cfg.train.steps_per_epoch * cfg.train.batch_size)
+        total += macs * (3 * n_train + n_val) * cfg.train.epochs
+    return (len(configs), sum(c.train.epochs for c in configs), total, per_model, assumed)
 
 
 def spec(**changes):

@@ -10,6 +10,7 @@ from orchestrator.errors import PlanError
 from orchestrator.plan import build_plan, resolve_sample, trial_key
 from orchestrator.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from orchestrator.spec import load_spec, spec_from_dict
+from trainers.config import TrainConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -37,12 +38,12 @@ def test_arms_times_seeds_seed_major_with_unique_stable_keys():
     assert len(set(keys)) == 8 and all(len(k) == 12 for k in keys)
     again = build_plan(small_spec(), source="t.yaml")
     assert [t.key for t in again.trials] == keys
-    assert all(t.config["seed"] == t.seed for t in plan.trials)
+    assert all(t.config.seed == t.seed for t in plan.trials)
     assert pickle.loads(pickle.dumps(plan.trials)) == plan.trials
 
 
 def test_trial_key_ignores_execution_settings_only():
-    cfg = build_plan(small_spec(), source="t.yaml").trials[0].config
+    cfg = build_plan(small_spec(), source="t.yaml").trials[0].config.to_dict()
     assert trial_key({**cfg, "threads": 7}) == trial_key(cfg)
     assert trial_key({**cfg, "seed": 99}) != trial_key(cfg)
     assert trial_key({**cfg, "train": {**cfg["train"], "lr": 0.5}}) != trial_key(cfg)
@@ -93,7 +94,7 @@ def test_ablation_plan_is_the_papers_design():
     assert len(plan.arms) == 19 and len(plan.trials) == 57
     assert plan.warnings and "data.root" in plan.warnings[0]
     base = next(t for t in plan.trials if t.arm == "baseline")
-    assert base.backbone == "deit_tiny" and base.config["model"]["locality"] is None
+    assert base.backbone == "deit_tiny" and base.config.model.locality is None
 
 
 def test_factorial_design_names_every_combination():
@@ -141,7 +142,7 @@ def test_smoke_keeps_the_design_at_cpu_scale():
     plan = build_plan(spec, source="ablation.yaml", smoke=True)
     assert spec.seeds == [0] and spec.run.resources_per_trial.gpu == 0
     assert spec.search.asha.grace_period == 1
-    by_arm = {t.arm: t.config for t in plan.trials}
+    by_arm = {t.arm: t.config.to_dict() for t in plan.trials}
     assert by_arm["baseline"]["model"]["backbone"] == "vit_micro"
     assert by_arm["layers=9-12"]["model"]["locality"]["layers"] == "3-4"
     assert by_arm["layers=1-4"]["model"]["locality"]["layers"] == "1-2"
@@ -155,7 +156,8 @@ def test_smoke_keeps_the_design_at_cpu_scale():
     # the five placement arms stay five distinct trials
     layer_arms = [a for a in by_arm if a.startswith("layers=")]
     assert len({trial_key(by_arm[a]) for a in layer_arms}) == len(layer_arms) == 4
-    assert shrink_config(by_arm["no-dwconv"]) == by_arm["no-dwconv"]   # idempotent
+    again = TrainConfig.model_validate(shrink_config(by_arm["no-dwconv"]))
+    assert again.to_dict() == by_arm["no-dwconv"]   # idempotent
 
 
 def test_search_plan_resolves_samples_into_the_base():
@@ -163,8 +165,11 @@ def test_search_plan_resolves_samples_into_the_base():
     plan = build_plan(spec, source="hpo.yaml", smoke=True)
     assert plan.is_search and plan.trials == () and plan.num_trials == 4
     cfg = resolve_sample(plan.search_base, {"train.lr": 1e-3, "model.drop_path": 0.1})
-    assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["drop_path"] == 0.1
-    assert cfg["model"]["backbone"] == "localvit_micro"
+    assert cfg.train.lr == 1e-3 and cfg.model.drop_path == 0.1
+    assert cfg.model.backbone == "localvit_micro"
+    # the plan's sampler also applies --smoke to every sample (a searched epoch count is capped)
+    sampled = plan.sampler({"train.lr": 1e-3, "train.epochs": 300})
+    assert sampled.train.epochs == SMOKE_EPOCHS and sampled.train.lr == 1e-3
 
 
 def test_references_pair_each_arm_with_its_own_backbone_and_are_never_stopped():
@@ -204,3 +209,65 @@ def test_early_stopping_unit_defaults_to_arms_for_designed_multi_seed_studies(ch
     assert small_spec(**raw).asha_unit == unit
     # --smoke keeps the study's unit although it cuts the seeds to one.
     assert shrink_spec(small_spec(**raw)).search.asha.unit == unit
+
+
+class _Counting:
+    """Stands in for TrainConfig's pydantic validator and counts the whole-config validations."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def validate_python(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.validate_python(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp_path):
+    """The schema and the trainer's checks run once per trial config, at planning (shared by the
+    arm's seeds); the worker trains the planned config without checking it again."""
+    import importlib
+
+    import ray.tune
+
+    from orchestrator import trainable
+
+    train_mod = importlib.import_module("trainers.train")  # the package exports the function too
+
+    spec = small_spec(base={"model": {"backbone": "localvit_micro"},
+                            "data": {"name": "digits", "img_size": 16},
+                            "train": {"epochs": 1, "batch_size": 32, "ema": False,
+                                      "steps_per_epoch": 2}},
+                      axes={"model.locality.act": ["hs"]})
+    schema = _Counting(TrainConfig.__pydantic_validator__)
+    monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
+    checks = []
+    real_check = train_mod.validate_config
+    monkeypatch.setattr(train_mod, "validate_config", lambda cfg: (checks.append(cfg),
+                                                                   real_check(cfg))[1])
+
+    plan = build_plan(spec, source="t.yaml")
+    assert [a.name for a in plan.arms] == ["baseline", "base", "act=hs"]
+    assert len(plan.trials) == 6
+    assert schema.calls == 3 and len(checks) == 3      # one per arm, none per seed
+
+    # The worker: the trial's config arrives by key, already checked, and is trained as it is.
+    reported = []
+
+    class Recording:
+        def report(self, metrics, *, epoch, checkpoint_dir):
+            reported.append(epoch)
+
+    monkeypatch.setattr(trainable, "TuneReporter", Recording)
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)      # outside a Tune session
+    monkeypatch.setattr(trainable, "_trial_resources", lambda: None)
+    trial = plan.trials[-1]
+    point = {"trial": {"key": trial.key, "arm": trial.arm, "seed": trial.seed, "epochs": 1,
+                       "aliases": list(trial.aliases)}}
+    trainable.run_trial(point, configs=plan.configs)
+    assert reported == [1]
+    assert schema.calls == 3 and len(checks) == 3      # the worker added none
+    with pytest.raises(ValueError, match="not in the plan's configs"):
+        trainable.run_trial(point, configs={})

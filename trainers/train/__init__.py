@@ -341,11 +341,15 @@ def _epoch_metrics(stats: EpochStats, val: dict[str, float], ema_val: dict[str, 
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None, *,
-          out_dir: str | Path | None = None, resume_from: str | Path | None = None
-          ) -> TrialResult:
-    """Run (or continue) one trial; see the module docstring. Raises ConfigError, TrialDiverged."""
+          out_dir: str | Path | None = None, resume_from: str | Path | None = None,
+          checked: bool = False) -> TrialResult:
+    """Run (or continue) one trial; see the module docstring. Raises ConfigError, TrialDiverged.
+
+    `checked`: the caller has already run `validate_config` on this config (a sweep validates
+    every trial when it plans it; its worker does not check it again)."""
     started = time.perf_counter()
-    validate_config(cfg)
+    if not checked:
+        validate_config(cfg)
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     if ckpt is not None:
         _check_resume_compatible(ckpt["config"], cfg)
