@@ -4,12 +4,15 @@ Ray Tune calls its callbacks on the driver's scheduling loop: while a sink write
 database, no trial is started or stopped. `SerialWorker` keeps a sink's calls in submission order
 on a single thread (one writer, as before), so the loop only pays for a queue put. The first
 error stops the worker; it is raised, with its cause, from every later `submit` and `close`.
+An optional `tick` runs on the same thread every `tick_s` seconds, between calls (a sink that
+buffers frequent events writes them in batches from it).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +24,11 @@ _STOP = object()
 class SerialWorker:
     """`submit(fn, ...)` runs `fn(...)` later on the worker thread; `close()` waits for all."""
 
-    def __init__(self, name: str, background: bool = True) -> None:
+    def __init__(self, name: str, background: bool = True,
+                 tick: Callable[[], None] | None = None, tick_s: float = 5.0) -> None:
         self.name = name
         self.background = background
+        self._tick, self._tick_s = tick, tick_s
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -52,14 +57,25 @@ class SerialWorker:
             raise RuntimeError(f"{self.name} failed: {type(err).__name__}: {err}") from err
 
     def _loop(self) -> None:
+        next_tick = time.monotonic() + self._tick_s
         while True:
-            item = self._queue.get()
+            wait = None if self._tick is None else max(0.0, next_tick - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
             if item is _STOP:
                 return
-            if self._error is not None:
-                continue  # later calls depend on the failed one: drop them
-            fn, args, kwargs = item
-            try:
-                fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller by raise_error
-                self._error = exc
+            if item is not None:
+                self._run(*item)
+            if self._tick is not None and time.monotonic() >= next_tick:
+                self._run(self._tick, (), {})
+                next_tick = time.monotonic() + self._tick_s
+
+    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+        if self._error is not None:
+            return  # later calls depend on the failed one: drop them
+        try:
+            fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by raise_error
+            self._error = exc

@@ -186,3 +186,58 @@ def test_each_epoch_records_the_node_that_trained_it_and_mlflow_lists_them_in_or
     run, = [r for r in client.search_runs([exp.experiment_id])
             if r.data.tags.get("sweep_role") == "trial"]
     assert run.data.tags["ray.nodes"] == "10.0.0.1:aaaa0001 10.0.0.2:bbbb0002 10.0.0.3:cccc0003"
+
+
+def _count_epoch_batches(monkeypatch) -> list[int]:
+    """The number of points in each log_batch call that carries epochs (step > 0)."""
+    from mlflow import MlflowClient
+
+    calls: list[int] = []
+    real = MlflowClient.log_batch
+
+    def counting(self, run_id, *args, **kwargs):
+        metrics = kwargs.get("metrics", args[0] if args else ())
+        if any(m.step > 0 for m in metrics):
+            calls.append(len(metrics))
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    return calls
+
+
+def test_epochs_are_logged_in_batches_on_a_timer_and_before_the_trial_ends(tmp_path, monkeypatch):
+    """Each epoch is one SQLite transaction otherwise: the sink logs what arrived every
+    epoch_flush_s seconds (so the UI follows a running trial) and all of it at the trial's end."""
+    import time
+
+    from mlflow import MlflowClient
+
+    calls = _count_epoch_batches(monkeypatch)
+    infos, _, outcomes = scenario()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for flush_s, name in ((0.5, "timer"), (3600.0, "at-end")):
+        calls.clear()
+        sink = MlflowSink(uri, epoch_flush_s=flush_s)
+        sink.start(sweep_name=name, storage_dir=str(tmp_path / name), spec={"name": name},
+                   metric=METRIC, mode="max", total_trials=1)
+        sink.trial_started(infos[0])
+        for key, epoch, metrics in curve(infos[0].key, 3):
+            sink.epoch(key, epoch, metrics)
+        client = MlflowClient(uri)
+        if name == "timer":
+            # The trial has not ended: the timer alone brings its epochs to MLflow.
+            deadline = time.monotonic() + 30
+            history: list = []
+            while len(history) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                run_id = sink._runs.get(infos[0].key)
+                history = client.get_metric_history(run_id, METRIC) if run_id else []
+            assert sorted(m.step for m in history) == [1, 2, 3]
+            assert 1 <= len(calls) <= 2        # the three epochs arrived within one period
+        sink.trial_finished(outcomes[0])
+        sink.finish()
+        history = client.get_metric_history(sink._runs[infos[0].key], METRIC)
+        assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.6), (2, 0.7),
+                                                                         (3, 0.8)]
+        if name == "at-end":
+            assert calls == [3 * 3]            # one batch: 3 epochs x (metric, loss, lr)
