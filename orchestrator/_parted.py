@@ -7,9 +7,10 @@ what the table holds; here a write costs what it adds:
 - `append(rows)` writes the new rows as a level-0 part file,
   `_parts/<table>/L0-<first>-<last>.arrow` (Arrow IPC), `first`/`last` being the write's sequence
   numbers (a level-0 part has first == last). When
-  `FAN_IN` parts of one level exist, they are merged into one part of the next level, so the
-  number of part files stays logarithmic in the number of writes, and each row is rewritten
-  about log_FAN_IN(writes) times in all.
+  `FAN_IN` parts of one level exist, they are merged (concatenated in write order, a key
+  written twice kept twice) into one part of the next level, so the number of part files stays
+  logarithmic in the number of writes, and each row is rewritten about log_FAN_IN(writes)
+  times in all.
 - `compact()` merges the compacted file and every part into the compacted file (the path the
   docs name, `trials.parquet` / `epochs.parquet`), records in its metadata the last sequence
   number it holds, then deletes the parts. The sink compacts when a sweep starts and ends and
@@ -152,7 +153,9 @@ class PartedTable:
             group = [p for p in self._live_parts(self._through()) if p[0] == level]
             if len(group) < self.fan_in:
                 return
-            merged = self._keep_last([self._read_part(p) for p in group], sort=False)
+            # Kept whole, in write order: a key written twice is resolved when it is read or
+            # compacted (the last write wins there), so a merge does no grouping.
+            merged = self._concat([self._read_part(p) for p in group])
             self._add_part((level + 1, group[0][1], group[-1][2]), merged)
             for part in group:
                 self._remove_part(part)
@@ -202,25 +205,31 @@ class PartedTable:
         """The current table (None if nothing was written), one row per key, sorted by key."""
         through = self._through()
         tables = [pq.read_table(self.path)] if self.path.is_file() else []
-        tables += [self._read_part(p) for p in self._live_parts(through)]
+        live = self._live_parts(through)
+        tables += [self._read_part(p) for p in live]
         if not tables:
             return None
-        table = self._keep_last(tables)
+        # One key, one row already: the compacted file alone, or one write (a level-0 part).
+        unique = len(tables) == 1 and all(p[0] == 0 for p in live)
+        table = self._keep_last(tables, unique=unique)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         return table
 
-    def _keep_last(self, tables: list[pa.Table], sort: bool = True) -> pa.Table:
-        """Concatenate oldest first, keep each key's last row, canonical schema, sorted by key
-        (a merged part is left unsorted: only what is read or compacted needs the order)."""
+    def _concat(self, tables: list[pa.Table]) -> pa.Table:
+        """The tables one after the other (oldest first) in the canonical schema."""
         tables = [t.replace_schema_metadata(None) for t in tables]
         table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 \
             else tables[0]
-        if len(tables) > 1:
+        schema = self._schema(table.schema)
+        return table.select(schema.names).cast(schema)
+
+    def _keep_last(self, tables: list[pa.Table], unique: bool = False) -> pa.Table:
+        """Concatenated oldest first, each key's last row (`unique`: there is one), sorted."""
+        table = self._concat(tables)
+        if not unique:
             numbered = table.append_column(_ROW, pa.array(np.arange(len(table), dtype=np.int64)))
             last = numbered.group_by(list(self.keys), use_threads=False).aggregate(
                 [(_ROW, "max")])[f"{_ROW}_max"]
             table = table.take(last)
-        schema = self._schema(table.schema)
-        table = table.select(schema.names).cast(schema)
-        return table.sort_by([(k, "ascending") for k in self.keys]) if sort else table
+        return table.sort_by([(k, "ascending") for k in self.keys])
