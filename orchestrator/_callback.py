@@ -138,8 +138,7 @@ class SinkCallback(Callback):
             # Two searched samples resolved to the same config: keep both, distinctly keyed.
             n = sum(1 for p in self._trials.values() if p.config == planned.config)
             planned = PlannedTrial(trial_key({**planned.config.to_dict(), "_duplicate": n}),
-                                   planned.arm,
-                                   planned.seed, planned.config, planned.aliases)
+                                   planned.arm, planned.seed, planned.config, planned.aliases)
         self._key_owner[planned.key] = trial.trial_id
         self._trials[trial.trial_id] = planned
         return planned

@@ -238,10 +238,9 @@ def _label(short: str, value: Any) -> str:
 
 # ----------------------------------------------------------------------------------- resolution
 
-def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> TrainConfig:
-    """base + dotted overrides -> TrainConfig (the schema checked); PlanError naming `where` if
+def _resolve(data: Mapping[str, Any], where: str) -> TrainConfig:
+    """A trial's config data -> TrainConfig (the schema checked); PlanError naming `where` if
     invalid."""
-    data = apply_overrides(base, overrides)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
@@ -329,15 +328,16 @@ def build_plan(
 
     def resolve_checked(overrides: Mapping[str, Any], where: str) -> TrainConfig:
         # Equal data, equal config: each distinct one is validated once.
-        key = json.dumps(apply_overrides(base, overrides), sort_keys=True, default=str)
+        data = apply_overrides(base, overrides)
+        key = json.dumps(data, sort_keys=True, default=str)
         if key not in checked:
-            cfg = _resolve(base, overrides, f"{source}: {where}")
+            cfg = _resolve(data, f"{source}: {where}")
             need_data = data_required and not smoke
             problem = _run_check(validate, cfg, f"{source}: {where}", data_required=need_data)
             if problem:
                 warnings[problem] = None
             if smoke:
-                small = _resolve(smoke_mod.shrink_config(cfg.to_dict()), {},
+                small = _resolve(smoke_mod.shrink_config(cfg.to_dict()),
                                  f"{source}: {where} (--smoke)")
                 _run_check(validate, small, f"{source}: {where} (--smoke)", data_required=True)
                 cfg = small

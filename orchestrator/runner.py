@@ -396,8 +396,9 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                            num_errors=0)       # every trial had finished: nothing to run
 
     res = spec.run.resources_per_trial
+    configs, sampler = plan.configs, plan.sampler     # the workers' and the callback's, alike
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, configs=plan.configs, sampler=plan.sampler,
+        tune.with_parameters(run_trial, configs=configs, sampler=sampler,
                              faults=os.environ.get(FAULT_ENV)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
@@ -408,7 +409,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
     callback.set_prior(_finished_trials(target))
-    callback.set_plan(plan.configs, plan.sampler)
+    callback.set_plan(configs, sampler)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,
