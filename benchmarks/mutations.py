@@ -150,6 +150,16 @@ MUTATIONS: list[Mutation] = [
              '[(_ROW, "max")])[f"{_ROW}_max"]', '[(_ROW, "min")])[f"{_ROW}_min"]',
              "a replayed trial's rows (after --resume or a retry) do not replace the earlier "
              "ones: the first write of a key wins"),
+    Mutation("parquet-log-seal-keeps-repeated-keys", "orchestrator/_parted.py",
+             "self._add_part((0, seq, seq), self._keep_last(self._log_writes))",
+             "self._add_part((0, seq, seq), self._concat(self._log_writes))",
+             "a full log is sealed with every write of a key in it: a lone sealed part is read "
+             "(without grouping) with a replayed trial's rows twice"),
+    Mutation("parquet-leftover-log-dropped", "orchestrator/_parted.py",
+             "            if tables:\n                self._add_part((0, log[1], log[2])",
+             "            if False:\n                self._add_part((0, log[1], log[2])",
+             "the log a killed driver left is deleted instead of sealed by the next driver: the "
+             "trial ends it held are lost"),
     Mutation("trial-ignores-tune-checkpoint", "orchestrator/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),

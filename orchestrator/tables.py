@@ -19,15 +19,17 @@ Files in the sweep's own folder `<storage>/<name>/`:
 
 Rows are upserted by trial key and by (trial key, epoch), so replaying a trial after `--resume`
 replaces its rows instead of adding new ones. Each table is a `_parted.PartedTable`: a trial's end
-appends its rows as a small part file under `_parts/` (a cost that does not grow with the sweep),
-and the documented files are rewritten from the parts ("compacted") when the sweep starts, when it
+appends its rows to the table's log under `_parts/`, flushed and fsync'd before the driver goes
+on (a cost that does not grow with the sweep), and a full log becomes a part file. The
+documented files are rewritten from the parts ("compacted") when the sweep starts, when it
 ends (also when interrupted), and at trial ends in between, but only once the time since the last
 compaction is 50 times what that compaction took (and at least 2 s): compaction grows with the
 table, so this keeps it under 2% of the driver's time. While a sweep runs, `pd.read_parquet` on
 the documented paths may therefore lag: by seconds on a small sweep, by about two and a half
-minutes at a million epoch rows. `read_trials` / `read_epochs` always include the parts.
-Every write goes to a temporary file in the same folder and is renamed over the target
-(`os.replace`), so a reader or a killed driver never sees a half-written file.
+minutes at a million epoch rows. `read_trials` / `read_epochs` always include the parts and
+the log. Every other write goes to a temporary file in the same folder and is renamed over the
+target (`os.replace`), and a log's write cut short is skipped by readers, so a reader or a
+killed driver never sees a half-written table.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import pyarrow.compute as pc
 
 from orchestrator._files import atomic_write_bytes
 from orchestrator._flatten import encode_value, flatten_config
-from orchestrator._parted import PartedTable
+from orchestrator._parted import LOG_ROWS, PartedTable
 from orchestrator._provenance import (
     TRACKED_PACKAGES,
     provenance,
@@ -332,14 +334,14 @@ def _trials_table(directory: Path) -> PartedTable:
         directory / TRIALS_FILE, ("trial_key",),
         lambda schema: trials_schema([n[len(CONFIG_PREFIX):] for n in schema.names
                                       if n.startswith(CONFIG_PREFIX)]),
-        atomic_write_bytes)
+        atomic_write_bytes, log_rows=LOG_ROWS)
 
 
 def _epochs_table(directory: Path) -> PartedTable:
     return PartedTable(
         directory / EPOCHS_FILE, ("trial_key", "epoch"),
         lambda schema: epochs_schema([n for n in schema.names if n not in _EPOCH_KEYS]),
-        atomic_write_bytes)
+        atomic_write_bytes, log_rows=LOG_ROWS)
 
 
 def table_exists(directory: str | os.PathLike, name: str) -> bool:

@@ -121,6 +121,81 @@ def test_a_crash_between_two_steps_is_never_misread(tmp_path):
     assert _files(path) == [] and _as_dict(table.read()) == left
 
 
+def _logged(path, log_rows=10_000) -> PartedTable:
+    return PartedTable(path, ("key", "step"), lambda _: SCHEMA, atomic_write_bytes, fan_in=4,
+                       log_rows=log_rows)
+
+
+def test_logged_writes_are_read_while_open_and_sealed_into_parts_when_full(tmp_path):
+    path = tmp_path / "t.parquet"
+    table = _logged(path, log_rows=20)
+    expected = _random_writes(table, 60)
+    # Sealed every 20 rows into a level-0 part (merged by fours), the newest writes in the log.
+    names = _files(path)
+    assert names[-1].startswith("log-") and sum(n.startswith("log-") for n in names) == 1
+    assert any(n.startswith("L") for n in names)
+    assert _as_dict(table.read()) == expected
+    assert _as_dict(_logged(path).read()) == expected          # another process, from disk
+    table.compact()
+    assert _files(path) == [] and _as_dict(pq.read_table(path)) == expected
+
+
+def test_a_log_write_cut_short_is_skipped_and_the_next_writer_seals_the_log(tmp_path):
+    path = tmp_path / "t.parquet"
+    table = _logged(path)
+    expected = _random_writes(table, 30)
+    (log,) = _files(path)
+    # A driver killed in the middle of a write: a record whose bytes stop short.
+    with open(tmp_path / PARTS_DIR / "t" / log, "ab") as f:
+        f.write((4096).to_bytes(8, "little") + b"\xff" * 100)
+    assert _as_dict(_logged(path).read()) == expected
+    # The next driver seals the old log (as the part of its number) before its first write.
+    again = _logged(path)
+    more = _random_writes(again, 10, seed=1)
+    seq = int(log[4:13])
+    assert f"L0-{seq:09d}-{seq:09d}.arrow" in _files(path)
+    assert sum(n.startswith("log-") for n in _files(path)) == 1 and log not in _files(path)
+    assert _as_dict(_logged(path).read()) == {**expected, **more}
+
+
+def test_a_seal_cut_short_is_not_read_twice_and_is_cleared(tmp_path):
+    path = tmp_path / "t.parquet"
+    table = _logged(path)
+    expected = _random_writes(table, 20)
+    (log,) = _files(path)
+    saved = (tmp_path / PARTS_DIR / "t" / log).read_bytes()
+    table.seal()
+    (tmp_path / PARTS_DIR / "t" / log).write_bytes(saved)   # the part written, the log not gone
+    reader = _logged(path)
+    assert _as_dict(reader.read()) == expected
+    assert reader.read().num_rows == len(expected)
+    again = _logged(path)
+    _random_writes(again, 1, seed=2)
+    assert log not in _files(path)
+
+
+def test_a_failed_log_write_loses_no_earlier_write_and_the_log_is_sealed(tmp_path, monkeypatch):
+    import orchestrator._parted as parted
+
+    path = tmp_path / "t.parquet"
+    table = _logged(path)
+    expected = _random_writes(table, 10)
+    (log,) = _files(path)
+
+    def full(_fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(parted.os, "fsync", full)
+        with pytest.raises(OSError, match="No space"):
+            table.append([{"key": "lost", "step": 0, "value": 1.0}], SCHEMA)
+    assert _as_dict(_logged(path).read()) == expected      # the failed write cut off the file
+    more = _random_writes(table, 5, seed=3)
+    assert log not in _files(path) and f"L0-{log[4:13]}-{log[4:13]}.arrow" in _files(path)
+    assert _as_dict(_logged(path).read()) == {**expected, **more}
+    assert ("lost", 0) not in _as_dict(table.read())
+
+
 def _trial(i: int) -> tuple[TrialInfo, TrialOutcome]:
     key = f"k{i:05d}"
     info = TrialInfo(key=key, arm=f"arm{i % 7}", seed=i % 3, config={"seed": i % 3, "lr": 0.1},
@@ -146,16 +221,27 @@ def _start(sink: ParquetSink, directory) -> None:
 
 
 def test_a_trial_end_writes_what_it_adds_not_the_whole_table(tmp_path, monkeypatch):
-    """Bytes written by the trial ends 0-63 and 320-383 (windows with the same merges: four of
-    level 0, none of level 1, which happens at trial 256). The old layout (both files rewritten at
-    each end) wrote 3.7 times more in the second window; appending parts writes the same."""
+    """Bytes written (log records, sealed and merged parts) by the trial ends 0-127 and 256-383,
+    with logs sealed every 40 rows: windows with the same seals and merges (16 epoch seals and
+    one level-0 merge, 3 trial seals each). The old layout (both files rewritten at each end)
+    wrote 3.7 times more in the second window of 64; the log and parts write the same."""
+    import orchestrator._parted as parted
+
     written: list[int] = []
 
     def counting(path, data):
         written.append(len(data))
         atomic_write_bytes(path, data)
 
+    def counted_record(table):
+        record = real_record(table)
+        written.append(len(record))
+        return record
+
+    real_record = parted._log_record
     monkeypatch.setattr(tables, "atomic_write_bytes", counting)
+    monkeypatch.setattr(parted, "_log_record", counted_record)
+    monkeypatch.setattr(tables, "LOG_ROWS", 40)
     sink = ParquetSink(compact_interval_s=1e9)        # no compaction but at the end
     _start(sink, tmp_path)
 
@@ -164,9 +250,9 @@ def test_a_trial_end_writes_what_it_adds_not_the_whole_table(tmp_path, monkeypat
         _feed(sink, first, last)
         return sum(written)
 
-    early = bytes_for(0, 64)
-    _feed(sink, 64, 320)
-    late = bytes_for(320, 384)
+    early = bytes_for(0, 128)
+    _feed(sink, 128, 256)
+    late = bytes_for(256, 384)
     assert late < 1.25 * early, (early, late)
     sink.finish()
     assert len(read_trials(tmp_path)) == 384 and len(read_epochs(tmp_path)) == 384 * 5
