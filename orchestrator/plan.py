@@ -6,10 +6,13 @@ An arm is a named point of the design; a trial is an arm x seed. How the design 
 - `ofat` (one factor at a time): the `base` arm itself (named by `base_arm`, default "base": the
   centre point) plus one arm per axis value applied to base alone, named `<short key>=<value>`
   (`act=relu6`, `layers=1-4`), or by the mapping's items when the value is a mapping
-  (`expansion=2,reduction=96`). Every ofat arm differs from base in exactly one factor; the
-  baseline is the reference the report compares every arm against.
+  (`expansion=2,reduction=96`). A `model.backbone` axis names its arms after the backbones
+  (`localvit_pvt_tiny`, with `backbone=localvit_pvt_tiny` kept as an alias), unless an arm of
+  `arms` has that name. Every ofat arm differs from base in exactly one factor; the baseline is
+  the reference the report compares every arm against.
 - `factorial`: one arm per combination of all axes' values applied to base
-  (`act=relu6,layers=1-4`); base itself is not an arm unless a combination equals it.
+  (`act=relu6,layers=1-4`, `localvit_tiny,act=relu6`); base itself is not an arm unless a
+  combination equals it.
 - `arms`: explicit named arms (base + their overrides) for one-off controls.
 
 Arms whose resolved configs are identical run once: the first name (in the order above) wins and
@@ -31,7 +34,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,7 +44,7 @@ from orchestrator.spec import SweepSpec
 from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
 
 __all__ = ["Arm", "Plan", "PlannedTrial", "SampleResolver", "build_plan", "format_overrides",
-           "reported_metrics", "resolve_sample", "trial_key"]
+           "keep_recorded_names", "reported_metrics", "resolve_sample", "trial_key"]
 
 # Execution-only settings: they do not change what a trial computes, so they stay out of its key
 # (the same study on a laptop and on a cluster has the same trial keys).
@@ -56,6 +59,12 @@ class Arm:
     # The axis values that make this arm (axis key -> value): one item for an ofat arm, one per
     # axis for a factorial one, none for the baseline, the base arm and named arms.
     factors: Mapping[str, Any] = field(default_factory=dict)
+    # Aliases that only spell a backbone-named point as `backbone=X` (matched, not shown).
+    spellings: tuple[str, ...] = ()
+
+    @property
+    def shown_aliases(self) -> tuple[str, ...]:
+        return tuple(a for a in self.aliases if a not in self.spellings)
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,18 @@ def _label(short: str, value: Any) -> str:
     return f"{short}={_render(value)}"
 
 
+_BACKBONE = "model.backbone"
+
+
+def _labels(key: str, short: str, value: Any, taken: set[str]) -> tuple[str, str]:
+    """(name part, its `key=value` spelling) of one axis value: a backbone axis's value is its
+    own name unless `taken` (the spec's own arm names) has it."""
+    label = _label(short, value)
+    if key == _BACKBONE and isinstance(value, str) and value not in taken:
+        return value, label
+    return label, label
+
+
 # ----------------------------------------------------------------------------------- resolution
 
 def _resolve(data: Mapping[str, Any], where: str) -> TrainConfig:
@@ -248,33 +269,41 @@ def _resolve(data: Mapping[str, Any], where: str) -> TrainConfig:
         raise PlanError(f"{where}: " + "; ".join(lines)) from None
 
 
-def _design_points(spec: SweepSpec, source: str
-                   ) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
-    """(arm name, overrides, spec key path for error messages, axis factors) in naming-priority
-    order."""
-    points: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = [
-        ("baseline", dict(spec.baseline), "baseline", {})]
+_Point = tuple[str, dict[str, Any], str, dict[str, Any], tuple[str, ...]]
+
+
+def _design_points(spec: SweepSpec, source: str) -> list[_Point]:
+    """(arm name, overrides, spec key path for error messages, axis factors, other names of the
+    point) in naming-priority order."""
+    points: list[_Point] = [("baseline", dict(spec.baseline), "baseline", {}, ())]
     short = _short_names(spec.axes)
+    taken = set(spec.arms)
+
+    def other(name: str, spelled: str) -> tuple[str, ...]:
+        return (spelled,) if spelled != name else ()
+
     if spec.design == "ofat":
-        points.append((spec.base_arm, {}, "base", {}))
+        points.append((spec.base_arm, {}, "base", {}, ()))
         for key, values in spec.axes.items():
             for i, value in enumerate(values):
-                points.append((_label(short[key], value), {key: value}, f"axes.{key}[{i}]",
-                               {key: value}))
+                name, spelled = _labels(key, short[key], value, taken)
+                points.append((name, {key: value}, f"axes.{key}[{i}]", {key: value},
+                               other(name, spelled)))
     elif spec.axes:
         keys = list(spec.axes)
         for combo in itertools.product(*(list(enumerate(spec.axes[k])) for k in keys)):
-            name = ",".join(_label(short[k], v) for k, (_, v) in zip(keys, combo, strict=True))
+            parts = [_labels(k, short[k], v, taken) for k, (_, v) in zip(keys, combo, strict=True)]
+            name, spelled = ",".join(n for n, _ in parts), ",".join(s for _, s in parts)
             where = ("axes ("
                      + ", ".join(f"{k}[{i}]" for k, (i, _) in zip(keys, combo, strict=True)) + ")")
             factors = {k: v for k, (_, v) in zip(keys, combo, strict=True)}
-            points.append((name, factors, where, dict(factors)))
-    auto = {name for name, _, _, _ in points}
+            points.append((name, factors, where, dict(factors), other(name, spelled)))
+    auto = {p[0] for p in points}
     for name, overrides in spec.arms.items():
         if name in auto:
             raise PlanError(f"{source}: arms.{name}: this name is already an arm of the design; "
                             f"rename it")
-        points.append((name, dict(overrides), f"arms.{name}", {}))
+        points.append((name, dict(overrides), f"arms.{name}", {}, ()))
     return points
 
 
@@ -372,16 +401,17 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
     arms: list[Arm] = []
     arm_cfgs: dict[str, TrainConfig] = {}        # arm name -> config (with base's seed)
     by_key: dict[str, int] = {}
-    for name, overrides, where, factors in _design_points(spec, source):
+    for name, overrides, where, factors, others in _design_points(spec, source):
         cfg = resolve(overrides, where)
         key = trial_key(cfg)
         if key in by_key:
             first = arms[by_key[key]]
-            arms[by_key[key]] = Arm(first.name, first.overrides, first.aliases + (name,),
-                                    first.factors)
+            arms[by_key[key]] = Arm(first.name, first.overrides,
+                                    first.aliases + (name, *others), first.factors,
+                                    first.spellings + others)
             continue
         by_key[key] = len(arms)
-        arms.append(Arm(name, overrides, factors=factors))
+        arms.append(Arm(name, overrides, aliases=others, factors=factors, spellings=others))
         arm_cfgs[name] = cfg
     references = _references(spec, arms, source)
     keys = {arm.name: _seed_keys(arm_cfgs[arm.name], spec.seeds) for arm in arms}
@@ -393,6 +423,34 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
     _check_metric(spec, list(arm_cfgs.values()), source)
     return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
                 warnings=tuple(warnings), references=references)
+
+
+def keep_recorded_names(plan: Plan, recorded: Mapping[str, str]) -> Plan:
+    """The plan with each arm under the name an earlier driver of the same sweep ran it as
+    (`recorded`: trial key -> arm name, from the sweep's spec.yaml), its new name kept as an
+    alias. A sweep started before its arms' naming changed (a backbone axis named `backbone=X`)
+    resumes under its own names: Tune's saved trials, the arm scheduler and the rows already
+    written all carry them."""
+    renames: dict[str, str] = {}
+    names = {a.name for a in plan.arms}
+    for arm in plan.arms:
+        old = {recorded[t.key] for t in plan.trials if t.arm == arm.name and t.key in recorded}
+        if len(old) == 1 and (name := old.pop()) != arm.name and name not in names:
+            renames[arm.name] = name
+    if not renames:
+        return plan
+
+    def renamed(arm: Arm) -> Arm:
+        name = renames.get(arm.name, arm.name)
+        aliases = tuple(dict.fromkeys(a for a in (arm.name, *arm.aliases) if a != name))
+        return replace(arm, name=name, aliases=aliases)
+
+    arms = tuple(renamed(a) for a in plan.arms)
+    aliases = {a.name: a.aliases for a in arms}
+    trials = tuple(replace(t, arm=renames.get(t.arm, t.arm),
+                           aliases=aliases[renames.get(t.arm, t.arm)]) for t in plan.trials)
+    references = {renames.get(a, a): renames.get(r, r) for a, r in plan.references.items()}
+    return replace(plan, arms=arms, trials=trials, references=references)
 
 
 def _domain_probe_values(dom) -> list[Any]:

@@ -61,7 +61,7 @@ def _arm_table(plan, title: str, width: int):
 
     backbone = {t.arm: t.backbone for t in plan.trials}
     longest = max(len(name) + 5 * (name != arm.name)  # "also "
-                  for arm in plan.arms for name in (arm.name, *arm.aliases))
+                  for arm in plan.arms for name in (arm.name, *arm.shown_aliases))
     # rich never narrows a column below its longest word, so the widths are set here: the
     # backbones whole, the names whole where they fit leaving 20 characters to the overrides
     # (every backbone-axis name at 80 columns), the overrides folded into what is left.
@@ -76,8 +76,8 @@ def _arm_table(plan, title: str, width: int):
     as_named = False
     for arm in plan.arms:
         name = Text(arm.name)
-        if arm.aliases:
-            name.append("\nalso " + "\n     ".join(arm.aliases), style="dim")
+        if arm.shown_aliases:
+            name.append("\nalso " + "\n     ".join(arm.shown_aliases), style="dim")
         others = {k: v for k, v in arm.overrides.items() if k != "model.backbone"}
         if others and others == {k: v for k, v in arm.factors.items() if k != "model.backbone"}:
             # A design point: its name spells these overrides (a factorial's five of them would

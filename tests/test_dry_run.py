@@ -126,8 +126,9 @@ def _dry_run_text(plan, width):
 
 
 def test_dry_run_table_never_cuts_an_arm_name_at_80_columns():
-    # A backbone axis (names like backbone=localvit_swin_micro), an alias and a factorial's long
-    # names: every name is shown whole where it fits, folded (never cut with "…") where not.
+    # A backbone axis (arms named after the backbones: localvit_swin_micro), an alias and a
+    # factorial's long names: every name is shown whole where it fits, folded (never cut with
+    # "…") where not.
     backbones = ["vit_micro", "localvit_micro", "localvit_swin_micro", "localvit_pvt_micro",
                  "localvit_tnt_micro"]
     plan = build_plan(spec(design="ofat", axes={"model.backbone": backbones}, arms={
@@ -140,13 +141,14 @@ def test_dry_run_table_never_cuts_an_arm_name_at_80_columns():
     rows = table.splitlines()[1:]  # under the title, every line of the table ends in its rule
     assert all(len(line) <= 80 and line.rstrip()[-1] in "┓┃┩│┘" for line in rows), table
     for arm in plan.arms:
-        for name in (arm.name, *arm.aliases):
+        for name in (arm.name, *arm.shown_aliases):
             assert name in table or len(name) > 35, name
+    assert "backbone=" not in table     # a backbone-named arm's key=value spelling: not shown
     # Folded, the long name is all there, read down its column.
     column = ["".join(line.split("│")[i].strip() for line in rows if line.startswith("│"))
               for i in (1, 3)]
     assert "act=relu6,layers=1-2,expansion=4,dw_conv=false,a_long_named_control" in column[0]
     # The backbone is its own column; the other overrides are spelled as --set keys.
-    row = next(line for line in rows if "backbone=localvit_swin_micro" in line)
+    row = next(line for line in rows if "│ localvit_swin_micro " in line)
     assert row.count("localvit_swin_micro") == 2 and "model.backbone" not in table
     assert "model.locality=none" in column[1] and "model.locality.dw_conv=false" in column[1]
