@@ -243,6 +243,61 @@ def train_keys() -> list[str]:
     return out
 
 
+def _has_model(annotation: Any) -> bool:
+    """Whether a field's type is (or has a branch that is) a nested config model."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_has_model(a) for a in getattr(annotation, "__args__", ()))
+
+
+_LEAF_TYPES: dict[str, Any] = {}
+
+
+def _leaf_type(dotted: str) -> Any:
+    """A TypeAdapter for the leaf TrainConfig field at `dotted` with its constraints, or None
+    (a nested config, whose mapping value is partial and checked merged into base, or
+    `model.arch.*`, whose keys depend on the backbone)."""
+    if dotted not in _LEAF_TYPES:
+        cls: Any = TrainConfig
+        field = None
+        for part in dotted.split("."):
+            models = [c for c in (cls, *getattr(cls, "__args__", ()))
+                      if isinstance(c, type) and issubclass(c, BaseModel)]
+            field = models[0].model_fields.get(part) if models else None
+            if field is None:
+                break
+            cls = field.annotation
+        adapter: Any = None
+        if field is not None and not _has_model(field.annotation):
+            from typing import Annotated
+
+            from pydantic import TypeAdapter
+
+            annotation = (Annotated[(field.annotation, *field.metadata)] if field.metadata
+                          else field.annotation)
+            adapter = TypeAdapter(annotation)
+        _LEAF_TYPES[dotted] = adapter
+    return _LEAF_TYPES[dotted]
+
+
+def _check_value(dotted: str, value: Any) -> str | None:
+    """None if `value` has the type (and meets the bounds) of the TrainConfig field `dotted`,
+    else what is wrong, worded as the plan's full check words it."""
+    adapter = _leaf_type(dotted)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(msg if e["type"] == "value_error"
+                         else f"{msg} but got {e.get('input')!r}")
+        return f"{dotted}: " + "; ".join(dict.fromkeys(lines))
+    return None
+
+
 def _check_train_key(dotted: str) -> str | None:
     """None if `dotted` addresses a TrainConfig key, else the reason (with a did-you-mean)."""
     known = train_keys()
@@ -311,6 +366,16 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
         if not values:
             raise SpecError(f"{source}: axes.{key}: empty axis; list at least one value "
                             f"or remove the axis")
+    # Each value against its field's type at the edge; the plan then checks every arm whole
+    # (merged into base: cross-field rules, the model registry, the data).
+    typed = [(f"axes.{key}[{i}]", key, v) for key, values in spec.axes.items()
+             for i, v in enumerate(values)]
+    typed += [(f"{section}.{key}", key, v) for section, mapping in sections
+              if section != "axes" and section != "search.space" for key, v in mapping.items()]
+    for where, key, value in typed:
+        problem = _check_value(key, value)
+        if problem:
+            raise SpecError(f"{source}: {where}: {problem}")
     dupes = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
     if dupes:
         raise SpecError(f"{source}: seeds: duplicate seed(s) {dupes}; every seed must be unique "

@@ -112,8 +112,6 @@ def test_factorial_design_names_every_combination():
      ["t.yaml: axes.model.locality.layers[1]", "outside this model's 4 blocks"]),
     ({"baseline": {"model.backbone": "vit_mikro"}},
      ["t.yaml: baseline: model.backbone: unknown model 'vit_mikro'", "did you mean vit_micro"]),
-    ({"axes": {"model.locality.act": ["relu6", "gelu"]}},
-     ["t.yaml: axes.model.locality.act[1]", "model.locality.act"]),
     ({"arms": {"wide": {"model.arch": {"mlp_ratioo": 6}}}}, ["t.yaml: arms.wide", "mlp_ratioo"]),
     ({"search": {"metric": "val_ema/top1"}},
      ["t.yaml: search.metric: no trial of", "train.ema=false", "val/top1"]),
@@ -126,6 +124,29 @@ def test_invalid_trials_are_caught_before_launch(changes, needles):
         build_plan(small_spec(**changes), source="t.yaml")
     for needle in needles:
         assert needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("changes,needles", [
+    ({"axes": {"model.locality.act": ["relu6", "gelu"]}},
+     ["t.yaml: axes.model.locality.act[1]: model.locality.act: Input should be 'relu6'",
+      "but got 'gelu'"]),
+    ({"axes": {"train.epochs": [3, 0]}}, ["axes.train.epochs[1]: train.epochs: Input should be "
+                                          "greater than 0 but got 0"]),
+    ({"arms": {"big": {"train.batch_size": "many"}}},
+     ["t.yaml: arms.big.train.batch_size: train.batch_size: Input should be a valid integer"]),
+    ({"baseline": {"train.lr": -1.0}}, ["t.yaml: baseline.train.lr: train.lr: Input should be"]),
+])
+def test_axis_and_arm_values_are_typed_at_the_spec_edge(changes, needles):
+    # A value of the wrong type or out of its field's bounds is the spec's error, before any
+    # plan: with the file, the key path and the index.
+    from orchestrator.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        small_spec(**changes)
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+    # Partial sub-configs and backbone-dependent keys are checked merged into base, by the plan.
+    small_spec(axes={"model.locality": [{"expansion": 2}, "none"], "model.arch.depth": [2]})
 
 
 def test_missing_data_is_an_error_when_trials_run_here():
