@@ -433,10 +433,13 @@ def keep_recorded_names(plan: Plan, recorded: Mapping[str, str]) -> Plan:
     written all carry them."""
     renames: dict[str, str] = {}
     names = {a.name for a in plan.arms}
-    for arm in plan.arms:
-        old = {recorded[t.key] for t in plan.trials if t.arm == arm.name and t.key in recorded}
-        if len(old) == 1 and (name := old.pop()) != arm.name and name not in names:
-            renames[arm.name] = name
+    recorded_as: dict[str, set[str]] = {}         # arm -> the names its trials were recorded as
+    for t in plan.trials:
+        if t.key in recorded:
+            recorded_as.setdefault(t.arm, set()).add(recorded[t.key])
+    for arm, old in recorded_as.items():
+        if len(old) == 1 and (name := old.pop()) != arm and name not in names:
+            renames[arm] = name
     if not renames:
         return plan
 

@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator._yaml import read_yaml
 from orchestrator.errors import SpecError
@@ -250,34 +259,25 @@ def _has_model(annotation: Any) -> bool:
     return any(_has_model(a) for a in getattr(annotation, "__args__", ()))
 
 
-_LEAF_TYPES: dict[str, Any] = {}
-
-
+@functools.cache
 def _leaf_type(dotted: str) -> Any:
     """A TypeAdapter for the leaf TrainConfig field at `dotted` with its constraints, or None
     (a nested config, whose mapping value is partial and checked merged into base, or
     `model.arch.*`, whose keys depend on the backbone)."""
-    if dotted not in _LEAF_TYPES:
-        cls: Any = TrainConfig
-        field = None
-        for part in dotted.split("."):
-            models = [c for c in (cls, *getattr(cls, "__args__", ()))
-                      if isinstance(c, type) and issubclass(c, BaseModel)]
-            field = models[0].model_fields.get(part) if models else None
-            if field is None:
-                break
-            cls = field.annotation
-        adapter: Any = None
-        if field is not None and not _has_model(field.annotation):
-            from typing import Annotated
-
-            from pydantic import TypeAdapter
-
-            annotation = (Annotated[(field.annotation, *field.metadata)] if field.metadata
-                          else field.annotation)
-            adapter = TypeAdapter(annotation)
-        _LEAF_TYPES[dotted] = adapter
-    return _LEAF_TYPES[dotted]
+    cls: Any = TrainConfig
+    field = None
+    for part in dotted.split("."):
+        models = [c for c in (cls, *getattr(cls, "__args__", ()))
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        field = models[0].model_fields.get(part) if models else None
+        if field is None:
+            return None
+        cls = field.annotation
+    if field is None or _has_model(field.annotation):
+        return None
+    annotation = (Annotated[(field.annotation, *field.metadata)] if field.metadata
+                  else field.annotation)
+    return TypeAdapter(annotation)
 
 
 def _check_value(dotted: str, value: Any) -> str | None:
