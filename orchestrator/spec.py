@@ -19,14 +19,14 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -260,10 +260,11 @@ def _has_model(annotation: Any) -> bool:
 
 
 @functools.cache
-def _leaf_type(dotted: str) -> Any:
-    """A TypeAdapter for the leaf TrainConfig field at `dotted` with its constraints, or None
-    (a nested config, whose mapping value is partial and checked merged into base, or
-    `model.arch.*`, whose keys depend on the backbone)."""
+def _leaf_type(dotted: str) -> type[BaseModel] | None:
+    """A one-field model (`value`) holding the leaf TrainConfig field at `dotted`, its type and
+    constraints (the field's own FieldInfo), or None (a nested config, whose mapping value is
+    partial and checked merged into base, or `model.arch.*`, whose keys depend on the
+    backbone)."""
     cls: Any = TrainConfig
     field = None
     for part in dotted.split("."):
@@ -273,21 +274,20 @@ def _leaf_type(dotted: str) -> Any:
         if field is None:
             return None
         cls = field.annotation
-    if field is None or _has_model(field.annotation):
+    if field is None or field.annotation is None or _has_model(field.annotation):
         return None
-    annotation = (Annotated[(field.annotation, *field.metadata)] if field.metadata
-                  else field.annotation)
-    return TypeAdapter(annotation)
+    # The FieldInfo itself carries the bounds (gt, le, ...), so no type is built at run time.
+    return create_model("LeafValue", value=(field.annotation, copy.copy(field)))
 
 
 def _check_value(dotted: str, value: Any) -> str | None:
     """None if `value` has the type (and meets the bounds) of the TrainConfig field `dotted`,
     else what is wrong, worded as the plan's full check words it."""
-    adapter = _leaf_type(dotted)
-    if adapter is None:
+    leaf = _leaf_type(dotted)
+    if leaf is None:
         return None
     try:
-        adapter.validate_python(value)
+        leaf.model_validate({"value": value})
     except ValidationError as err:
         lines = []
         for e in err.errors():
