@@ -29,7 +29,7 @@ from orchestrator.events import (
     is_better,
 )
 from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
-from orchestrator.trainable import EPOCH_KEY, NODE_KEY, identify
+from orchestrator.trainable import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
 from trainers.config import TrainConfig
 
 __all__ = ["SinkCallback"]
@@ -37,7 +37,7 @@ __all__ = ["SinkCallback"]
 logger = logging.getLogger(__name__)
 
 # Tune's own keys in a result and our epoch counter; everything else numeric is a trainer metric.
-_TUNE_KEYS = tune_result_keys() | {EPOCH_KEY}
+_TUNE_KEYS = tune_result_keys() | {EPOCH_KEY, RESTORED_KEY}
 
 
 def _node(result: Mapping[str, Any]) -> str:
@@ -165,7 +165,29 @@ class SinkCallback(Callback):
                         **info: Any) -> None:
         p = self._planned(trial)
         epoch, metrics = self._observe(trial, result)
+        if isinstance(restored := result.get(RESTORED_KEY), str):
+            self._restore_epochs(trial, p.key, restored, before=epoch)
         self._emit("epoch", p.key, epoch, metrics, node=_node(result))
+
+    def _restore_epochs(self, trial: Any, key: str, text: str, *, before: int) -> None:
+        """A resumed trial's checkpoint history (metrics.jsonl rows): its epochs before `before`
+        go to the sinks as restored ones, which record those they lack (a killed driver had them
+        in memory only) and show none."""
+        import json
+
+        metric, mode = self._start_kwargs["metric"], self._start_kwargs["mode"]
+        for line in filter(None, text.splitlines()):
+            row = json.loads(line)
+            epoch = int(row.pop("epoch"))
+            if epoch >= before:
+                continue
+            metrics = {k: float(v) for k, v in row.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            value = metrics.get(metric)
+            if value is not None and not math.isnan(value) and is_better(
+                    value, self._best.get(trial.trial_id), mode):
+                self._best[trial.trial_id] = value
+            self._emit("epoch", key, epoch, metrics, restored=True)
 
     def _observe(self, trial: Any, result: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
         """Keep a result's epoch, metrics and the best value of the spec's metric."""

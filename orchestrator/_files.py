@@ -1,13 +1,29 @@
-"""Atomic file writes: what the sweep writes is either the old file or the new one, never half
-(a killed driver, a full disk)."""
+"""Files of a sweep: atomic writes (what the sweep writes is either the old file or the new one,
+never half, after a killed driver or a full disk) and storage locations that are folders or URIs
+(`s3://...`), opened the way Ray Tune opens them."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes"]
+__all__ = ["atomic_write_bytes", "filesystem", "is_uri"]
+
+
+def is_uri(location: str) -> bool:
+    """Whether a storage location is a URI (`s3://bucket/path`), not a local folder."""
+    return "://" in location
+
+
+def filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

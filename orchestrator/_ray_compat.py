@@ -14,6 +14,9 @@ such reach, with the Ray code it depends on named in its docstring or comment:
   which Ray does not export, and Tune's bookkeeping keys), so that the rest are the metrics.
 - `published_node_groups`: the node types the autoscaler published in the GCS, read through
   `ray._private.state.state.get_cluster_config()` (GlobalState; no public API has them).
+- `saved_checkpoint_paths`: which checkpoint each trial of a saved experiment state resumes
+  from (Tune's state JSON, with Ray Train's checkpoint manager pickled inside), so that the
+  checkpoint keeper never deletes one a restore needs.
 - `ENV_SWITCHES`, `QUIET_LOGGERS`, `quiet_ray`: the environment variables and logger names by
   which the driver turns off Tune's console output, loggers and warnings, all process-wide.
 
@@ -55,6 +58,7 @@ __all__ = [
     "published_node_groups",
     "quiet_ray",
     "restored_run_parts",
+    "saved_checkpoint_paths",
     "tune_result_keys",
 ]
 
@@ -137,6 +141,33 @@ def asha_pending_rung(scheduler: ASHAScheduler, trial_id: str, t: float
         cutoff = bracket.cutoff(recorded)
         return ascending.index(milestone) + 1, (None if cutoff is None else float(cutoff))
     return None
+
+
+# --------------------------------------------------------------------------- saved experiment state
+
+def saved_checkpoint_paths(state_text: str) -> dict[str, str | None]:
+    """Trial id -> the checkpoint (a path on the storage filesystem) that a restore from this
+    experiment state resumes the trial from, None for a trial saved without one.
+
+    The state is `TuneController.save_to_dir`'s JSON: `trial_data` holds one pair of JSON strings
+    per trial (the trial, its run metadata); the run metadata's `checkpoint_manager` is Ray
+    Train's `_CheckpointManager`, embedded as a cloudpickle payload that Tune's own
+    `TuneFunctionDecoder` decodes only when told to trust it (the file is this sweep's own), and
+    restore takes its `latest_checkpoint_result` (`Trial.checkpoint`). Raises ValueError on a
+    state that is not whole.
+    """
+    import json
+
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
+    decoder = TuneFunctionDecoder(allow_cloudpickle=True)
+    paths: dict[str, str | None] = {}
+    for trial_json, metadata_json in json.loads(state_text)["trial_data"]:
+        manager = decoder.decode(metadata_json)["checkpoint_manager"]
+        latest = manager.latest_checkpoint_result
+        paths[json.loads(trial_json)["trial_id"]] = (
+            None if latest is None or latest.checkpoint is None else latest.checkpoint.path)
+    return paths
 
 
 # --------------------------------------------------------------------------------------- results

@@ -70,7 +70,10 @@ class Sink(Protocol):
     def trial_started(self, info: TrialInfo) -> None: ...
 
     def epoch(self, key: str, epoch: int, metrics: Mapping[str, float],
-              node: str = "") -> None: ...
+              node: str = "", restored: bool = False) -> None:
+        """One epoch of a trial. `restored`: an epoch a resumed trial's checkpoint holds, sent
+        again in case the driver that first received it was killed before writing it: record
+        it if it is missing, show nothing."""
 
     def trial_finished(self, outcome: TrialOutcome) -> None: ...
 

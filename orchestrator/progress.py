@@ -100,14 +100,16 @@ class ProgressSink:
         if not self.live:
             self._line(f"trial {self._label(info.key)} started")
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "",
+              restored: bool = False) -> None:
         value = metrics.get(self._metric)
         with self._lock:
             self._epoch[key] = max(int(epoch), self._epoch.get(key, 0))
             if isinstance(value, (int, float)) and not math.isnan(float(value)):
-                self._value[key] = float(value)
+                if not restored:
+                    self._value[key] = float(value)
                 self._offer_best(float(value), key)
-        if not self.live:
+        if not self.live and not restored:
             shown = {self._metric: value} if value is not None else dict(list(metrics.items())[:3])
             text = " ".join(f"{k}={_fmt(_as_float(v))}" for k, v in shown.items())
             self._line(f"trial {self._label(key)} epoch {epoch} {text}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator._files import filesystem, is_uri
 from orchestrator.errors import ResumeError, StorageError
 from orchestrator.events import FinishedTrial, Sink, TrialOutcome
 from orchestrator.plan import Plan, keep_recorded_names
@@ -59,17 +60,13 @@ def sweep_dir(plan: Plan) -> Path:
     return Path(plan.spec.run.storage).expanduser().resolve() / plan.spec.name
 
 
-def _is_uri(location: str) -> bool:
-    return "://" in location
-
-
 def _tune_storage(plan: Plan) -> str:
     """Tune's storage_path: `run.tune_storage` (a shared folder or an s3:// / gs:// URI) or, by
     default, `<storage>/<name>/tune` in the sweep's own folder."""
     where = plan.spec.run.tune_storage
     if where is None:
         return str(sweep_dir(plan) / TUNE_DIR)
-    return where if _is_uri(where) else str(Path(where).expanduser().resolve())
+    return where if is_uri(where) else str(Path(where).expanduser().resolve())
 
 
 def _tune_experiment_dir(plan: Plan) -> str:
@@ -86,30 +83,21 @@ def _unwritable(folder: Path) -> Path | None:
     return None if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK) else probe
 
 
-def _filesystem(location: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
-    import pyarrow.fs as pafs
-
-    if _is_uri(location):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), location
-
-
 def _check_tune_storage(plan: Plan, *, resume: bool) -> None:
     """run.tune_storage must be reachable and writable, and hold no other sweep of this name."""
     location = plan.spec.run.tune_storage
     if location is None:
         return
     where = f"{plan.source}: run.tune_storage"
-    if not _is_uri(location) and (probe := _unwritable(Path(location))) is not None:
+    if not is_uri(location) and (probe := _unwritable(Path(location))) is not None:
         raise StorageError(f"{where}: cannot write to {location} ({probe} is not a writable "
                            f"folder); give a folder every node of the cluster mounts, or an "
                            f"s3:// or gs:// URI")
     try:
-        fs, path = _filesystem(location)
+        fs, path = filesystem(location)
         info = fs.get_file_info(path)
         # Tune creates folders under the location, but never the bucket itself.
-        bucket = fs.get_file_info(path.split("/", 1)[0]) if _is_uri(location) else None
+        bucket = fs.get_file_info(path.split("/", 1)[0]) if is_uri(location) else None
     except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError/ArrowInvalid by backend
         raise StorageError(
             f"{where}: cannot reach {location}: {str(exc).strip().splitlines()[0]}; check the "
@@ -156,24 +144,11 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
     return target
 
 
-def _experiment_files(plan: Plan) -> tuple[Any, list[Any]]:
-    """(pyarrow filesystem, the files in Tune's experiment folder of this sweep, by name)."""
-    import pyarrow.fs as pafs
-
-    fs, path = _filesystem(_tune_experiment_dir(plan))
-    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return fs, sorted((i for i in found if i.type == pafs.FileType.File),
-                      key=lambda i: i.base_name)
-
-
-def _is_state_file(name: str) -> bool:
-    return name.startswith("experiment_state-") and name.endswith(".json")
-
-
 def _saved_state(plan: Plan) -> bool:
     """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
-    names = [i.base_name for i in _experiment_files(plan)[1]]
-    return "tuner.pkl" in names and any(_is_state_file(n) for n in names)
+    from orchestrator._tune_state import has_saved_state
+
+    return has_saved_state(_tune_experiment_dir(plan))
 
 
 def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
@@ -338,23 +313,12 @@ def run_sweep(
 
 
 def _set_aside_damaged_state(plan: Plan) -> bool:
-    """Tune's newest experiment state unreadable (Tune writes it in place: a disk that filled
-    up leaves it cut short)? Rename it `*.damaged`, so that Tune restores an older one if there
-    is one. Whether one was set aside."""
-    import json
+    """Tune's newest saved session cut short (a disk that filled up while Tune copied it)? Set
+    it aside (`*.damaged`) so that Tune restores an older whole one if there is one. Whether
+    anything was set aside."""
+    from orchestrator._tune_state import set_aside_damaged_sessions
 
-    fs, files = _experiment_files(plan)
-    states = [i for i in files if _is_state_file(i.base_name)]
-    if not states:
-        return False
-    newest = states[-1].path
-    try:
-        with fs.open_input_stream(newest) as f:
-            json.loads(f.readall())
-        return False
-    except (OSError, ValueError):
-        fs.move(newest, newest + ".damaged")
-        return True
+    return set_aside_damaged_sessions(_tune_experiment_dir(plan))
 
 
 def _rerun_without_tune_state(plan: Plan, target: Path,
@@ -425,6 +389,7 @@ def _restored_tuner(plan: Plan, trainable: Any) -> tuple[Any, SinkCallback]:
 
     from orchestrator._callback import SinkCallback
     from orchestrator._ray_compat import restored_run_parts
+    from orchestrator._tune_state import CheckpointKeeper
 
     tuner = tune.Tuner.restore(_tune_experiment_dir(plan), trainable, resume_unfinished=True,
                                resume_errored=True)
@@ -433,6 +398,9 @@ def _restored_tuner(plan: Plan, trainable: Any) -> tuple[Any, SinkCallback]:
     # will run, and let the callback read the stop reasons of the scheduler that really runs.
     callbacks, restored_scheduler = restored_run_parts(tuner)
     callback = next(cb for cb in callbacks if isinstance(cb, SinkCallback))
+    for keeper in callbacks:
+        if isinstance(keeper, CheckpointKeeper):
+            keeper.configure(_tune_experiment_dir(plan), plan.spec.run.checkpoints_to_keep)
     callback.attach_scheduler(restored_scheduler)
     return tuner, callback
 
@@ -444,6 +412,7 @@ def _new_tuner(plan: Plan, trainable: Any, target: Path,
     from ray import tune
 
     from orchestrator._callback import SinkCallback
+    from orchestrator._tune_state import CheckpointKeeper
 
     spec = plan.spec
     scheduler = _scheduler(plan)
@@ -469,11 +438,14 @@ def _new_tuner(plan: Plan, trainable: Any, target: Path,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=_tune_storage(plan), callbacks=[callback],
+            name=spec.name, storage_path=_tune_storage(plan),
+            callbacks=[callback, CheckpointKeeper(_tune_experiment_dir(plan),
+                                                  spec.run.checkpoints_to_keep)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.run.checkpoints_to_keep),
+            # Tune would delete a checkpoint before saving the state that stops naming it; the
+            # keeper deletes instead, never one a saved state names.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
     return tuner, callback
@@ -536,7 +508,7 @@ def storage_problems(plan: Plan) -> list[str]:
     every write is a temporary file renamed over the target."""
     folders = [sweep_dir(plan)]
     location = plan.spec.run.tune_storage
-    if location is None or not _is_uri(location):
+    if location is None or not is_uri(location):
         folders.append(Path(_tune_experiment_dir(plan)))
     problems = []
     for folder in dict.fromkeys(folders):

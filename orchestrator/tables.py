@@ -204,7 +204,10 @@ class ParquetSink:
     def trial_started(self, info: TrialInfo) -> None:
         self._infos[info.key] = info
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "",
+              restored: bool = False) -> None:
+        if restored and int(epoch) <= self._last_epoch.get(key, 0):
+            return              # on disk or pending already (a trial's epochs are written in order)
         row: dict[str, Any] = {"trial_key": key, "epoch": int(epoch), "node": node or None}
         for name, value in metrics.items():
             if name in _EPOCH_KEYS:
@@ -346,8 +349,15 @@ def _epochs_table(directory: Path) -> PartedTable:
 
 def table_exists(directory: str | os.PathLike, name: str) -> bool:
     """Whether the sweep folder has rows of `name` (trials.parquet / epochs.parquet) on disk,
-    in the documented file or in parts not yet compacted into it."""
-    return _table(directory, name).exists()
+    in the documented file or in parts not yet compacted into it (a log cut short before its
+    first whole record holds none)."""
+    table = _table(directory, name)
+    if not table.exists():
+        return False
+    try:
+        return table.read(list(table.keys)) is not None
+    except (OSError, pa.ArrowInvalid):      # there but unreadable: the reader says so
+        return True
 
 
 def _table(directory: str | os.PathLike, name: str) -> PartedTable:
@@ -365,8 +375,12 @@ def _require_table(directory: str | os.PathLike, name: str) -> PartedTable:
 
 
 def _read(directory: str | os.PathLike, name: str, columns: list[str] | None) -> pa.Table:
-    table = _require_table(directory, name).read(columns)
-    assert table is not None, "the table exists"
+    parted = _require_table(directory, name)
+    table = parted.read(columns)
+    if table is None:           # only a log cut short before its first whole record
+        raise FileNotFoundError(
+            f"{parted.path} has no rows yet; pass the sweep's folder (<storage>/<name>/) of a "
+            "sweep that has finished at least one trial")
     return table
 
 

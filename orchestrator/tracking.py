@@ -221,7 +221,8 @@ class MlflowSink:
     def trial_started(self, info: TrialInfo) -> None:
         self._require_worker().submit(self._trial_started, info)
 
-    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "") -> None:
+    def epoch(self, key: str, epoch: int, metrics: Mapping[str, float], node: str = "",
+              restored: bool = False) -> None:
         worker = self._require_worker()
         worker.raise_error()
         with self._epochs_lock:

@@ -24,13 +24,16 @@ from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
 
-__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "InjectedFault", "TuneReporter",
+__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "RESTORED_KEY", "InjectedFault", "TuneReporter",
            "fit_to_resources", "identify", "run_trial"]
 
 # The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
 EPOCH_KEY = "epoch"
 # The Ray node id of the worker that trained the epoch (a string: never taken for a metric).
 NODE_KEY = "node_id"
+# In a resumed trial's first result: the epochs its checkpoint holds (JSON rows), so that the
+# driver records those a killed driver received but never wrote.
+RESTORED_KEY = "restored_epochs"
 
 # Test-only fault injection, never set in normal use: read by the driver when the sweep starts
 # and shipped to the trials. `ARM/SEED@EPOCH*TIMES;...:DIR`: the trial of that arm and seed raises
@@ -95,13 +98,21 @@ def identify(config: Mapping[str, Any], *, configs: Mapping[str, TrainConfig] | 
 
 
 class TuneReporter:
-    """trainers.train.Reporter that forwards each epoch to Ray Tune with its checkpoint."""
+    """trainers.train.Reporter that forwards each epoch to Ray Tune with its checkpoint; the
+    first result after a resume also carries the epochs the checkpoint holds (`restored`, the
+    trainer's metrics.jsonl text)."""
+
+    def __init__(self, restored: str | None = None):
+        self._restored = restored
 
     def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
         import ray
         from ray import tune
 
-        result = {**metrics, EPOCH_KEY: epoch, NODE_KEY: ray.get_runtime_context().get_node_id()}
+        result: dict[str, Any] = {**metrics, EPOCH_KEY: epoch,
+                                  NODE_KEY: ray.get_runtime_context().get_node_id()}
+        if self._restored is not None:
+            result[RESTORED_KEY], self._restored = self._restored, None
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(result, checkpoint=checkpoint)
 
@@ -131,6 +142,15 @@ def fit_to_resources(cfg: TrainConfig, cpus: int, gpus: float) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
+def _reporter(trial: PlannedTrial, faults: str | None, restored: str | None = None) -> Any:
+    reporter: Any = TuneReporter(restored)
+    injected = parse_faults(faults)
+    if injected and (trial.arm, trial.seed) in injected[0]:
+        reporter = _FaultyReporter(reporter, trial, *injected[0][(trial.arm, trial.seed)],
+                                   marker_dir=injected[1])
+    return reporter
+
+
 def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None = None,
               sampler: SampleResolver | None = None, faults: str | None = None) -> None:
     """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any. Its
@@ -139,7 +159,7 @@ def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None 
     import torch
     from ray import tune
 
-    from trainers.train import train
+    from trainers.train import METRICS_FILE, train
 
     trial = identify(config, configs=configs, sampler=sampler)
     cfg = trial.config
@@ -147,19 +167,17 @@ def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None 
     if given is not None:
         torch.set_num_threads(given[0])
         cfg = fit_to_resources(cfg, *given)
-    reporter: Any = TuneReporter()
-    injected = parse_faults(faults)
-    if injected and (trial.arm, trial.seed) in injected[0]:
-        reporter = _FaultyReporter(reporter, trial, *injected[0][(trial.arm, trial.seed)],
-                                   marker_dir=injected[1])
+    checkpoint = tune.get_checkpoint()
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial.key}-"))
     try:
-        checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train(cfg, reporter, out_dir=out_dir, checked=True)
+            train(cfg, _reporter(trial, faults), out_dir=out_dir, checked=True)
         else:
             with checkpoint.as_directory() as ckpt_dir:
-                train(cfg, reporter, out_dir=out_dir, resume_from=ckpt_dir, checked=True)
+                history = Path(ckpt_dir) / METRICS_FILE
+                restored = history.read_text() if history.is_file() else None
+                train(cfg, _reporter(trial, faults, restored), out_dir=out_dir,
+                      resume_from=ckpt_dir, checked=True)
     finally:
         # Tune has copied every reported checkpoint into the sweep's storage already.
         shutil.rmtree(out_dir, ignore_errors=True)

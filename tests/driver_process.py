@@ -15,11 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """`python -m orchestrator.sweep ARGS` from the project root, stdout and stderr to `log`."""
+def start(args: list[str], log: Path, env: Mapping[str, str] | None = None,
+          fault: str | None = None) -> subprocess.Popen:
+    """`python -m orchestrator.sweep ARGS` from the project root, stdout and stderr to `log`;
+    with `fault`, through tests/tune_faults.py, which injects it at its point of Tune's work."""
     env = {**(env if env is not None else os.environ), "RAY_USAGE_STATS_ENABLED": "0"}
+    entry = (["-m", "orchestrator.sweep"] if fault is None
+             else [str(ROOT / "tests" / "tune_faults.py"), fault, "--"])
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=ROOT,
+        return subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

@@ -62,7 +62,8 @@ def test_ray_cluster_yaml_keeps_services_private_and_authenticated():
     for start in (head, worker):
         assert "RAY_AUTH_MODE=token" in start and "--disable-usage-stats" in start
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert any("pip install --quiet -e ~/localvit" in c for c in config["setup_commands"])
+    assert any("pip install --quiet -c ~/localvit/constraints.txt -e ~/localvit" in c
+               for c in config["setup_commands"])
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}   # no trials on the head
     gpus = {n: t for n, t in types.items() if t.get("resources", {}).get("GPU")}

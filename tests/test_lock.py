@@ -4,7 +4,6 @@ environment the tests run in is the locked one (a package that floats turns a fr
 red while an older machine stays green)."""
 
 import importlib.metadata
-import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -31,9 +30,9 @@ def _pins() -> dict[str, str]:
 
 
 def _declared() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in
-            [*project["dependencies"], *project["optional-dependencies"]["test"]]]
+    """pyproject.toml's dependencies and its `test` extra, as the installed project declares
+    them."""
+    return [Requirement(r) for r in importlib.metadata.requires("localvit-sweeps") or ()]
 
 
 def test_the_lock_says_how_it_is_refreshed():

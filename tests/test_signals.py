@@ -113,3 +113,36 @@ def test_sigkill_at_a_moment_then_resume_ends_every_trial_once(moment, line, ray
     assert sorted(r.info.run_name for r in runs) == ["baseline/seed0", "localvit/seed0"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert (sweep / "report" / "arms.csv").is_file()
+
+
+def test_sigkill_between_a_checkpoint_and_tunes_state_save_resumes_that_trial(ray_session,
+                                                                               tmp_path):
+    # With the default checkpoints_to_keep (1): Tune saved its state when the first trial had
+    # its first checkpoint, then the trial registered two more and the checkpoint keeper pruned,
+    # and the driver was SIGKILLed before Tune saved its state again (tests/tune_faults.py, at
+    # that point of Tune's work, not after a delay). The saved state names a checkpoint two
+    # behind the newest: it must still be there, and --resume goes on from it.
+    spec = tmp_path / "sig.yaml"
+    spec.write_text(SPEC)
+    storage = tmp_path / "sweeps"
+    args = [str(spec), "--set", f"run.storage={storage}", "--set", "base.train.epochs=5"]
+    log = tmp_path / "driver.log"
+    proc = driver_process.start(args, log, fault="kill:after-prune")
+    try:
+        assert proc.wait(timeout=300) == -signal.SIGKILL, log.read_text()[-3000:]
+    finally:
+        driver_process.kill(proc)
+    assert "test fault: killed after pruning" in log.read_text()
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, "--resume"]) == 0, err.getvalue()[-3000:]
+    sweep = storage / "sig"
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 5).all()
+    assert len(trials) == 2
+    epochs = pd.read_parquet(sweep / "epochs.parquet")
+    assert len(epochs) == 10 and not epochs.duplicated(["trial_key", "epoch"]).any()
+    # At the end the keeper has left each trial its newest checkpoint only.
+    kept = sorted(p.parent.name for p in (sweep / "tune" / "sig").glob("*/checkpoint_*"))
+    assert len(kept) == 2 and len(set(kept)) == 2, kept

@@ -1,0 +1,120 @@
+"""A sweep driver with a storage fault at a chosen point of Ray Tune's work, for the tests that
+need the fault at that point exactly, not at whatever moment a timer hits.
+
+    python tests/tune_faults.py FAULT -- SWEEP ARGS...
+
+FAULT is one of:
+- `fill:first-result:DIR`: fill the disk mounted at DIR when the driver gets the first epoch
+  result of any trial (before any trial ends);
+- `fill:mid-trial:DIR`: when a trial reports its second epoch (its third checkpoint is then
+  written to a full disk);
+- `fill:state-save:DIR`: while Tune saves its experiment state, once a trial has a checkpoint,
+  leaving a few KiB so that Tune's copy into the storage is cut short;
+- `kill:after-prune`: Tune saves its state once the first trial registered its first checkpoint
+  and not again (its state period is set to an hour); the checkpoint keeper prunes after every
+  step; once a trial registered its third checkpoint and the keeper pruned, the driver SIGKILLs
+  itself: the saved state names a checkpoint two behind the newest.
+
+The patches wrap Tune's controller and the orchestrator's callbacks in this process only; the
+sweep itself runs unchanged through `orchestrator.sweep.main`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def fill(folder: Path, leave: int = 0) -> None:
+    """Write zeros into `folder` until it is full (less `leave` bytes); only inside a mount point
+    of the test's own."""
+    assert os.path.ismount(folder), f"{folder} is not the test's own mount"
+    size = 1 << 20
+    with open(folder / "filler", "wb", buffering=0) as f:
+        while size >= 512:
+            try:
+                f.write(b"\0" * size)
+            except OSError:
+                size //= 2
+        if leave:
+            f.truncate(max(0, f.tell() - leave))
+    print(f"test fault: {folder} filled", file=sys.stderr, flush=True)
+
+
+def _wrap(owner: Any, name: str, after: Any) -> None:
+    """Replace owner.name by a call of the original followed by after(self, result, *args)."""
+    original = getattr(owner, name)
+
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        after(self, result, *args, **kwargs)
+        return result
+
+    setattr(owner, name, wrapped)
+
+
+def install(fault: str) -> None:
+    from ray.tune.execution.tune_controller import TuneController
+
+    from orchestrator._callback import SinkCallback
+    from orchestrator._tune_state import CheckpointKeeper
+
+    kind, _, rest = fault.partition(":")
+    done: dict[str, bool] = {}
+
+    def once(key: str) -> bool:
+        first = key not in done
+        done[key] = True
+        return first
+
+    if kind == "fill":
+        point, _, folder = rest.partition(":")
+        mount = Path(folder)
+        if point == "first-result":
+            _wrap(SinkCallback, "on_trial_result",
+                  lambda self, _r, *a, **k: once("fill") and fill(mount))
+        elif point == "mid-trial":
+            def at_epoch_two(self: Any, _r: Any, *args: Any, **kwargs: Any) -> None:
+                result = kwargs.get("result") or args[3]
+                if result.get("epoch") == 2 and once("fill"):
+                    fill(mount)
+            _wrap(SinkCallback, "on_trial_result", at_epoch_two)
+        elif point == "state-save":
+            original = TuneController.save_to_dir
+
+            def save_then_fill(self: Any) -> None:
+                if any(t.checkpoint is not None for t in self.get_trials()) and once("fill"):
+                    fill(mount, leave=4096)
+                original(self)
+            TuneController.save_to_dir = save_then_fill  # type: ignore[method-assign]
+        else:
+            raise SystemExit(f"unknown fill point {point!r}")
+    elif fault == "kill:after-prune":
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "3600"
+        CheckpointKeeper.PRUNE_INTERVAL_S = 0.0
+
+        def save_first(self: Any, _r: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+            if trial.checkpoint is not None and once("saved"):
+                self.checkpoint(force=True, wait=True)
+        _wrap(TuneController, "_process_trial_save", save_first)
+
+        def kill_after(self: Any, deleted: list[str], *args: Any, **kwargs: Any) -> None:
+            if any(latest >= 2 for _, latest in self._all.values()):
+                print(f"test fault: killed after pruning {deleted}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        _wrap(CheckpointKeeper, "prune", kill_after)
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    fault, sep, *sweep_args = sys.argv[1:]
+    assert sep == "--", "usage: tune_faults.py FAULT -- SWEEP ARGS..."
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    install(fault)
+    from orchestrator.sweep import main
+
+    sys.exit(main(sweep_args))
