@@ -509,7 +509,7 @@ def _trainer_validate(cfg: TrainConfig) -> None:
 def reported_metrics(cfg: TrainConfig) -> set[str]:
     """The metric names a trial of `cfg` reports each epoch (trainers.train._epoch_metrics)."""
     names = {"train/loss", "val/loss", "val/top1", "val/top5", "lr", "train/images_per_s",
-             "params", "macs", "epoch_time_s"}
+             "params", "macs", "epoch_time_s", "train/cuda", "train/amp"}
     if cfg.train.ema:
         names |= {"val_ema/loss", "val_ema/top1", "val_ema/top5"}
     return names

@@ -291,6 +291,11 @@ def _epoch(run: _Run, epoch: int) -> dict[str, float]:
                if ctx.ema is not None else None)
     metrics = _epoch_metrics(stats, val, ema_val, run.params, run.macs)
     metrics["epoch_time_s"] = time.perf_counter() - epoch_start
+    # Where the epoch ran, as the trainer resolved it (the config may say `auto`, and mixed
+    # precision is on only on CUDA): 1.0 / 0.0, so the sweep's tables and MLflow can show that
+    # a GPU trial really trained on the GPU with AMP.
+    metrics["train/cuda"] = float(run.device.type == "cuda")
+    metrics["train/amp"] = float(ctx.amp)
     return metrics
 
 
