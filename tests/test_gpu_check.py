@@ -45,10 +45,14 @@ def test_refuses_without_a_gpu_before_any_work(tmp_path):
     assert not out_json.exists() and not storage.exists()
 
 
-def test_bad_setting_is_refused_as_bad_input():
+def test_bad_arguments_are_refused_as_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         gpu_check.main(["--settings", "eager,fast"])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "--settings: unknown fast" in capsys.readouterr().err
+    (tmp_path / "gpu_check").mkdir()        # an earlier check's sweep: the sweep would refuse
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(["--storage", str(tmp_path)])
+    assert exc.value.code == 2 and "exists (an earlier check)" in capsys.readouterr().err
 
 
 def test_interleave_alternates_times_only_the_rounds_and_synchronizes_around_each():
