@@ -4,7 +4,8 @@ features_only, TorchScript and torch.fx.
 
 The same ground as timm's own model tests (`../shared/timm_peer/run.sh` runs those unchanged),
 written for this project: the micro variants run every check; the 224-px paper models check
-their configs and, marked slow, their feature extraction.
+their configs and, marked slow, their feature extraction. Also marked slow: timm's data pipeline
+and optimizer train a micro LocalViT on an ImageFolder of digits.
 """
 
 import math
@@ -189,3 +190,61 @@ def test_wrong_input_size_is_a_clear_error(name):
     model = timm.create_model(name)
     with pytest.raises(ValueError, match="build it with the input's img_size"):
         model(torch.randn(1, 3, 48, 48))
+
+
+def _digits_image_folder(root):
+    """scikit-learn's 8x8 digits as PNG files in an ImageFolder tree (train/, val/ by class)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
+        split = "val" if i % 5 == 0 else "train"
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).convert("RGB").save(folder / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_timm_data_pipeline_and_optimizer_train_a_micro_localvit(tmp_path):
+    """timm's training pieces as a user strings them together after `import trainers`: the data
+    config read from the model, timm's dataset / loader / transforms on an ImageFolder of digits
+    (8 px images resized to the model's 16 px), timm's optimizer; the model learns."""
+    from timm.data import create_dataset, create_loader
+    from timm.optim import create_optimizer_v2
+
+    _digits_image_folder(tmp_path)
+    torch.manual_seed(0)
+    model = timm.create_model("localvit_micro", num_classes=10, drop_rate=0.0)
+    data = resolve_data_config(model=model)
+    assert data["input_size"] == (3, 16, 16)
+
+    def loader(split, training):
+        dataset = create_dataset("", root=str(tmp_path), split=split, is_training=training)
+        return create_loader(dataset, input_size=data["input_size"], batch_size=64,
+                             is_training=training, no_aug=True, use_prefetcher=False,
+                             interpolation=data["interpolation"], mean=data["mean"],
+                             std=data["std"], crop_pct=data["crop_pct"], num_workers=0)
+
+    train, val = loader("train", True), loader("val", False)
+    optimizer = create_optimizer_v2(model, "adamw", lr=3e-3, weight_decay=0.05)
+
+    def accuracy():
+        model.eval()
+        with torch.no_grad():
+            hits = sum((model(x).argmax(1) == y).sum().item() for x, y in val)
+        return hits / len(val.dataset)
+
+    before = accuracy()
+    for _ in range(4):
+        model.train()
+        for x, y in train:
+            assert x.shape[1:] == (3, 16, 16)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    after = accuracy()
+    assert after > max(0.5, before + 0.3), (before, after)
