@@ -113,7 +113,9 @@ class LocalSwinTransformer(SwinTransformer):
         if not self.stem_level:
             return super().prune_intermediate_layers(indices, prune_norm, prune_head)
         take, max_index = compat.feature_take_indices(len(self.feature_info), indices)
-        # Keep the stages up to the last level taken (stage 0 also when only the stem is).
+        # Keep the stages up to the last level taken (stage 0 also when only the stem is). With
+        # at most two stages timm's pruning can only end at stage 0, whose width it reads from
+        # feature_info[0]: the stem's entry here, of the same width (embed_dim).
         super().prune_intermediate_layers([max(max_index - 1, 0)], prune_norm, prune_head)
         return take
 
