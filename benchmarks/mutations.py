@@ -87,9 +87,8 @@ MUTATIONS: list[Mutation] = [
              "kernel_size = eca_kernel_size(channels)", "kernel_size = 3",
              "ECA's 1-D conv is fixed at kernel 3 instead of ECA-Net's adaptive size"),
     Mutation("deit-layernorm-before-ffn", "trainers/backbones/deit.py",
-             "return self.ffn(x, self.grid, self.num_prefix_tokens)",
-             "return x - self.norm1(x) + self.ffn(self.norm1(x), self.grid, "
-             "self.num_prefix_tokens)",
+             "return self.ffn(x, grid, self.num_prefix_tokens)",
+             "return x - self.norm1(x) + self.ffn(self.norm1(x), grid, self.num_prefix_tokens)",
              "the DeiT locality block normalises the FFN input (a LayerNorm the paper removes)"),
     # ---- architectures (trainers/registry.py, trainers/backbones; REFERENCE.md section 3) ----
     Mutation("arch-localvit-tiny-3-heads", "trainers/registry.py",

@@ -26,10 +26,15 @@ def locality_extra_macs(depth, dim, tokens, expansion, se_hidden):
     return depth * (dw + se - 2 * dim * hidden)
 
 
-def test_count_params_is_all_parameters():
+def test_count_params_is_all_parameters_and_the_fixed_tensors():
     model = registry.create_model("localvit_t2t_micro")
-    assert profile.count_params(model) == sum(p.numel() for p in model.parameters())
-    assert any(not p.requires_grad for p in model.parameters())  # frozen ones count too
+    fixed = model.pos_embed.numel() + sum(layer.random_features.numel()
+                                          for layer in model.tokens_to_token.layers)
+    assert fixed > 0
+    assert profile.count_params(model) == sum(p.numel() for p in model.parameters()) + fixed
+    assert profile.count_trainable_params(model) == profile.count_params(model) - fixed
+    plain = registry.create_model("localvit_micro")  # no fixed tensors: exactly the parameters
+    assert profile.count_params(plain) == sum(p.numel() for p in plain.parameters())
 
 
 def test_deit_tiny_macs_closed_form_includes_attention():

@@ -15,7 +15,7 @@ import torch
 from trainers import registry
 from trainers.backbones import FAMILIES
 from trainers.config import ConfigError, LocalityConfig, ModelConfig, ModelConfigError
-from trainers.profile import count_trainable_params
+from trainers.profile import count_params, count_trainable_params
 
 PAPER_MODELS = ["deit_tiny", "deit_small", "pvt_tiny", "tnt_tiny", "t2t_vit_7", "swin_tiny",
                 "localvit_tiny", "localvit_tiny_se4", "localvit_small", "localvit_pvt_tiny",
@@ -49,7 +49,8 @@ def mlp_params(dim, ratio=4):
 
 
 def count(model):
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the authors count them: T2T's fixed tables (buffers here) included."""
+    return count_params(model)
 
 
 def built_count(name, **kwargs):
@@ -260,7 +261,6 @@ def test_build_from_config():
 
 
 def test_registered_with_timm_without_replacing_timm_models():
-    assert registry.TIMM_NAME_CLASHES == ()
     for name in registry.list_models():
         assert timm.is_model(name)
     model = timm.create_model("localvit_micro", num_classes=10, drop_path_rate=0.0)
@@ -271,3 +271,11 @@ def test_registered_with_timm_without_replacing_timm_models():
         == "timm.models.vision_transformer"
     with pytest.raises(ModelConfigError, match="no pretrained weights"):
         timm.create_model("localvit_micro", pretrained=True)
+
+
+def test_a_name_timm_already_has_raises_naming_it():
+    from trainers.timm_models import check_name_clashes
+
+    check_name_clashes(registry.list_models())  # ours: registered here, no clash
+    with pytest.raises(ImportError, match=r"deit_tiny_patch16_224.*rename them"):
+        check_name_clashes(["vit_micro", "deit_tiny_patch16_224"])

@@ -16,6 +16,7 @@ from trainers.backbones.t2t import (
 )
 from trainers.config import ModelConfigError
 from trainers.locality import LocalitySpec
+from trainers.profile import count_params
 
 T2T7 = T2T_ARCHS["t2t_vit_7"]
 MICRO = T2T_ARCHS["t2t_vit_micro"]
@@ -24,7 +25,10 @@ TOKEN_LOCAL = LocalitySpec(act="hs", expansion=1)  # LocalViT-T2T token layers
 
 
 def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """The authors' count (their fixed tensors, buffers here, included) or the trainable one."""
+    if trainable_only:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return count_params(model)
 
 
 def linear(i: int, o: int) -> int:
@@ -93,11 +97,17 @@ def test_parameter_counts_match_the_authors():
     assert round(n_params(local, trainable_only=True) / 1e6, 1) == 4.3
 
 
-def test_frozen_tensors_are_parameters_without_grad():
+def test_fixed_tensors_are_buffers_that_the_authors_count():
     model = build_t2t(MICRO, num_classes=10)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"pos_embed", "tokens_to_token.layers.0.random_features",
-                      "tokens_to_token.layers.1.random_features"}
+    fixed = {"pos_embed", "tokens_to_token.layers.0.random_features",
+             "tokens_to_token.layers.1.random_features"}
+    # Buffers, as timm keeps fixed tensors: no parameter is left without a gradient...
+    assert all(p.requires_grad for p in model.parameters())
+    assert fixed <= {n for n, _ in model.named_buffers()}
+    assert fixed <= set(model.state_dict())  # ...and checkpoints keep them under the same keys
+    # ...yet counted with the parameters, as the authors' code (parameters without grad) does.
+    sizes = sum(model.get_buffer(n).numel() for n in fixed)
+    assert count_params(model) == sum(p.numel() for p in model.parameters()) + sizes
     pos = model.pos_embed[0]
     dim = MICRO.embed_dim
     for p, i in [(0, 0), (1, 0), (5, 1), (17, 10), (64, 63)]:

@@ -150,3 +150,18 @@ def test_replace_blocks_counts_over_stages():
             stage, lambda i, old: torch.nn.ReLU() if i in (1, 2) else None, index)
     assert index == 3
     assert [type(m).__name__ for s in stages for m in s] == ["Identity", "ReLU", "ReLU"]
+
+
+def test_feature_take_indices_selects_as_timms_intermediates_do():
+    # None: every level; an int: the last n; a list: those levels, negatives from the end.
+    assert compat.feature_take_indices(4) == ([0, 1, 2, 3], 3)
+    assert compat.feature_take_indices(4, 3) == ([1, 2, 3], 3)
+    assert compat.feature_take_indices(4, [0, -1]) == ([0, 3], 3)
+    assert compat.feature_take_indices(12, [2, 5]) == ([2, 5], 5)
+    # ...and it is what timm's own ViT takes for its intermediates.
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=4, num_heads=2).eval()
+    with torch.no_grad():
+        taken = vit.forward_intermediates(torch.randn(1, 3, 16, 16), indices=[0, -1],
+                                          intermediates_only=True)
+    assert len(taken) == len(compat.feature_take_indices(4, [0, -1])[0]) == 2
+

@@ -11,6 +11,7 @@ laptop without Ray or MLflow. Importing the package registers every variant with
     result = trainers.train(cfg)                                           # TrialResult
 """
 
+from trainers import timm_models  # noqa: F401  registers every variant with timm
 from trainers.config import (
     AugConfig,
     DataConfig,
@@ -24,7 +25,7 @@ from trainers.errors import ConfigError, ModelConfigError
 from trainers.locality import LocalityFeedForward, LocalitySpec
 from trainers.profile import count_macs, count_params, count_trainable_params
 from trainers.recipes import RECIPES, Recipe, get_recipe, recipe_for_data
-from trainers.registry import create_model, get_variant, list_models  # registers with timm
+from trainers.registry import create_model, get_variant, list_models
 from trainers.train import Reporter, TrialDiverged, TrialResult, train, validate_config
 
 __all__ = [

@@ -15,24 +15,29 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import timm
 import torch
 from timm.layers import calculate_drop_path_rates
-from torch import nn
+from timm.models._features import feature_take_indices
 
-if TYPE_CHECKING:
-    from timm.models.swin_transformer import SwinTransformerBlock
-    from timm.models.tnt import Block as TNTBlock
-    from timm.models.vision_transformer import Block as ViTBlock, VisionTransformer
+# Imported at run time, not only for the type checker: TorchScript resolves these annotations.
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.tnt import Block as TNTBlock
+from timm.models.vision_transformer import Block as ViTBlock, VisionTransformer
+from torch import nn
 
 __all__ = [
     "SWIN_MLP_BRANCH",
+    "SwinBlockHalves",
     "TESTED_TIMM",
     "TNT_MLP_BRANCH",
+    "TNTBlockHalves",
     "VIT_MLP_BRANCH",
+    "ViTBlockHalves",
     "check_timm_version",
+    "feature_take_indices",
     "remove_branch",
     "replace_blocks",
     "swin_block_args",
@@ -42,6 +47,10 @@ __all__ = [
     "vit_block_attention",
     "vit_token_grid",
 ]
+
+# `feature_take_indices(n, indices)` (timm.models._features, not exported by timm.models): the
+# (absolute indices, last index) that timm's forward_intermediates take from n feature levels;
+# None takes all, an int the last n. The hand-written backbones use it to select as timm does.
 
 # timm major.minor versions whose internals this module was checked against.
 TESTED_TIMM = ("1.0",)
@@ -87,12 +96,23 @@ def replace_blocks(blocks: nn.Module, make: Callable[[int, nn.Module], nn.Module
 
 # ------------------------------------------------------------------------------------ ViT / DeiT
 
+class ViTBlockHalves(ViTBlock):
+    """timm's `vision_transformer.Block` with the attention half of its forward as a method (a
+    method, so that TorchScript compiles it with the block; a free function handed the block is
+    not scriptable)."""
+
+    def attention_half(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                       is_causal: bool = False) -> torch.Tensor:
+        """`x + drop_path1(ls1(attn(norm1(x), attn_mask=..., is_causal=...)))`, as in timm's
+        `Block.forward`."""
+        return x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask,
+                                                      is_causal=is_causal)))
+
+
 def vit_block_attention(block: ViTBlock, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                         is_causal: bool = False) -> torch.Tensor:
-    """The attention half of timm's `vision_transformer.Block.forward`, residual included:
-    `x + drop_path1(ls1(attn(norm1(x), attn_mask=..., is_causal=...)))`."""
-    return x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask,
-                                                     is_causal=is_causal)))
+    """The attention half of any timm `vision_transformer.Block`, residual included."""
+    return ViTBlockHalves.attention_half(cast(ViTBlockHalves, block), x, attn_mask, is_causal)
 
 
 def vit_token_grid(model: VisionTransformer) -> tuple[tuple[int, int], int]:
@@ -102,10 +122,18 @@ def vit_token_grid(model: VisionTransformer) -> tuple[tuple[int, int], int]:
 
 # ------------------------------------------------------------------------------------------ Swin
 
+class SwinBlockHalves(SwinTransformerBlock):
+    """timm's `SwinTransformerBlock` with the attention half of its forward as a method."""
+
+    def attention_half(self, x: torch.Tensor) -> torch.Tensor:
+        """On NHWC input, residual included: `x + drop_path1(_attn(norm1(x)))` (window
+        partition, shift and mask in `_attn`), as in timm's `SwinTransformerBlock.forward`."""
+        return x + self.drop_path1(self._attn(self.norm1(x)))
+
+
 def swin_block_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
-    """The attention half of timm's `SwinTransformerBlock.forward` on NHWC input, residual
-    included: `x + drop_path1(_attn(norm1(x)))` (window partition, shift and mask in `_attn`)."""
-    return x + block.drop_path1(block._attn(block.norm1(x)))
+    """The attention half of any timm `SwinTransformerBlock`, residual included."""
+    return SwinBlockHalves.attention_half(cast(SwinBlockHalves, block), x)
 
 
 def swin_block_args(*, img_size: tuple[int, int], patch_size: int, embed_dim: int,
@@ -136,22 +164,32 @@ def swin_block_args(*, img_size: tuple[int, int], patch_size: int, embed_dim: in
 
 # ------------------------------------------------------------------------------------------- TNT
 
+class TNTBlockHalves(TNTBlock):
+    """timm's `tnt.Block` with its forward up to the outer MLP as a method."""
+
+    def until_mlp(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's `tnt.Block.forward` up to (not including) the outer `norm_mlp + mlp` step: the
+        inner transformer, the pixel -> patch projection (legacy or not; the class token
+        untouched) and the outer attention with its residual. Returns (pixel_embed,
+        patch_embed)."""
+        pixel_embed = pixel_embed + self.drop_path(self.attn_in(self.norm_in(pixel_embed)))
+        pixel_embed = pixel_embed + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel_embed)))
+        batch, n, _ = patch_embed.shape
+        if self.norm2_proj is None:  # legacy layout
+            pixels = self.proj(self.norm1_proj(pixel_embed).reshape(batch, n - 1, -1))
+        else:
+            pixels = self.norm2_proj(self.proj(self.norm1_proj(
+                pixel_embed.reshape(batch, n - 1, -1))))
+        patch_embed = torch.cat([patch_embed[:, :1], patch_embed[:, 1:] + pixels], dim=1)
+        patch_embed = patch_embed + self.drop_path(self.attn_out(self.norm_out(patch_embed)))
+        return pixel_embed, patch_embed
+
+
 def tnt_block_until_mlp(block: TNTBlock, pixel_embed: torch.Tensor, patch_embed: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm's `tnt.Block.forward` up to (not including) the outer `norm_mlp + mlp` step: the inner
-    transformer, the pixel -> patch projection (legacy or not; the class token untouched) and the
-    outer attention with its residual. Returns (pixel_embed, patch_embed)."""
-    pixel_embed = pixel_embed + block.drop_path(block.attn_in(block.norm_in(pixel_embed)))
-    pixel_embed = pixel_embed + block.drop_path(block.mlp_in(block.norm_mlp_in(pixel_embed)))
-    batch, n, _ = patch_embed.shape
-    if block.norm2_proj is None:  # legacy layout
-        pixels = block.proj(block.norm1_proj(pixel_embed).reshape(batch, n - 1, -1))
-    else:
-        pixels = block.norm2_proj(block.proj(block.norm1_proj(
-            pixel_embed.reshape(batch, n - 1, -1))))
-    patch_embed = torch.cat([patch_embed[:, :1], patch_embed[:, 1:] + pixels], dim=1)
-    patch_embed = patch_embed + block.drop_path(block.attn_out(block.norm_out(patch_embed)))
-    return pixel_embed, patch_embed
+    """`TNTBlockHalves.until_mlp` of any timm `tnt.Block`."""
+    return TNTBlockHalves.until_mlp(cast(TNTBlockHalves, block), pixel_embed, patch_embed)
 
 
 def tnt_block_args(*, patch_size: int, first_stride: int, embed_dim: int, inner_dim: int,

@@ -297,8 +297,9 @@ class LocalityFeedForward(nn.Module):
         height, width = grid
         prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
         batch, n, channels = tokens.shape
-        assert n == height * width, f"{n} tokens do not fill a {height}x{width} grid"
+        # torch._assert: traceable by torch.fx and TorchScript, unlike a Python assert on a size.
+        torch._assert(n == height * width, "the patch tokens do not fill the token grid")
         img = tokens.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
         img = img + self.conv(img)
         tokens = img.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        return torch.cat([prefix, tokens], dim=1) if num_prefix_tokens else tokens
+        return torch.cat([prefix, tokens], dim=1) if num_prefix_tokens > 0 else tokens

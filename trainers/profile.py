@@ -1,8 +1,8 @@
 """Parameters, MACs and training throughput of registry models; `python -m trainers.profile`.
 
 What is counted:
-- params: every tensor of `model.parameters()`, frozen ones included (T2T's random features and
-  sinusoid table), BatchNorm running statistics excluded.
+- params: every tensor of `model.parameters()` and the fixed tensors the authors count with them
+  (T2T's random features and sinusoid table, buffers here); BatchNorm statistics excluded.
 - MACs: one per multiply-add of every linear layer, convolution (depth-wise included) and matrix
   product, attention's Q.K^T and A.V included, for one image in eval mode; counted with
   `torch.utils.flop_counter` (FLOPs / 2). Normalisation, activations, softmax, pooling, the SE gate
@@ -38,13 +38,15 @@ MACS_COUNTED = ("MACs = FLOPs/2 of every linear, conv (depth-wise included) and 
 
 
 def count_params(model: nn.Module) -> int:
-    """All of `model.parameters()` (frozen ones included; BatchNorm buffers excluded)."""
-    return sum(p.numel() for p in model.parameters())
+    """What the authors count: `model.parameters()` and the buffers listed in a module's
+    `fixed_tensors` (T2T's tables, parameters without gradients in the authors' code)."""
+    fixed = [getattr(m, name) for m in model.modules() for name in getattr(m, "fixed_tensors", ())]
+    return sum(p.numel() for p in model.parameters()) + sum(t.numel() for t in fixed)
 
 
 def count_trainable_params(model: nn.Module) -> int:
     """Parameters with requires_grad: what the authors' training script prints and the paper's
-    table reports (it differs from count_params only for T2T's frozen tables)."""
+    table reports (it differs from count_params only by T2T's fixed tensors)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

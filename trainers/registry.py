@@ -6,14 +6,13 @@ backbone gets when it is asked for locality, and the paper's figures (LocalViT, 
 2104.05707, table 5; REFERENCE.md section 5) so `trainers.profile` can print them beside ours.
 An ablation knob is never a new name: `create_model("deit_tiny", locality={"act": "relu6"})`.
 
-Each name is also registered as a timm model (`timm.create_model("localvit_tiny")`); timm's
-register_model makes each entrypoint an attribute of this module, as in timm's own model modules.
+Each name is also a timm model (`timm.create_model("localvit_tiny")`), registered with its
+pretrained config by `trainers.timm_models` when `trainers` is imported.
 """
 
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
@@ -21,7 +20,7 @@ from typing import Any, TypedDict
 from torch import nn
 
 from .backbones import FAMILIES, Family
-from .backbones._common import apply_arch_overrides
+from .backbones._common import apply_arch_overrides, check_global_pool
 from .backbones.deit import ViTArch
 from .backbones.pvt import PVT_ARCHS
 from .backbones.swin import SwinArch
@@ -34,6 +33,7 @@ from .locality import LocalitySpec, merge_locality, resolve_layers
 __all__ = [
     "ModelConfigError",
     "PaperFigures",
+    "TIMM_KWARGS",
     "VARIANTS",
     "Variant",
     "build_from_config",
@@ -222,30 +222,43 @@ def _mlp_ratios(arch: Any) -> tuple[float, ...]:
     return tuple(ratios) if ratios is not None else (arch.mlp_ratio,)
 
 
-def _resolve(name: str, locality: Any, img_size: Any, arch: Mapping[str, Any]
+# timm's standard keywords that create_model takes besides the architecture keys (for hints).
+TIMM_KWARGS = ("num_classes", "in_chans", "img_size", "drop_rate", "drop_path_rate", "global_pool")
+
+
+def _check_rate(key: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 <= value < 1.0):
+        raise ModelConfigError(f"{key} must be a number in [0, 1) but got {value!r}")
+
+
+def _resolve(name: str, locality: Any, img_size: Any, arch: Mapping[str, Any],
+             global_pool: str | None = None
              ) -> tuple[Variant, Family, Any, dict[str, Any], Any]:
-    """Everything create_model needs (the localities as build arguments), validated without
-    building anything."""
+    """Everything create_model needs (the localities and the pooling as build arguments),
+    validated without building anything."""
     row = get_variant(name)
     fam = FAMILIES[row.family]
-    arch_obj = apply_arch_overrides(row.arch, arch, model=name)
+    arch_obj = apply_arch_overrides(row.arch, arch, model=name, also_valid=TIMM_KWARGS)
     spec = merge_locality(row.knobs, row.locality, locality)
-    localities: dict[str, Any] = {"locality": spec}
+    extra: dict[str, Any] = {"locality": spec}
     if spec is not None:
         resolve_layers(spec.layers, fam.num_blocks(arch_obj))
         for ratio in _mlp_ratios(arch_obj):
             spec.gamma(ratio)  # expansion "mlp_ratio" needs integer MLP ratios
     if row.token_locality is not None:
-        localities["token_locality"] = (None if spec is None
-                                        else replace(spec, **row.token_locality))
+        extra["token_locality"] = None if spec is None else replace(spec, **row.token_locality)
     size = row.img_size if img_size is None else img_size
     fam.check_img_size(arch_obj, size)
-    return row, fam, arch_obj, localities, size
+    extra["global_pool"] = check_global_pool(
+        fam.global_pools[0] if global_pool is None else global_pool, fam.global_pools, name)
+    return row, fam, arch_obj, extra, size
 
 
 def create_model(name: str, *, locality: Any = "default", num_classes: int = 1000,
                  img_size: int | tuple[int, int] | None = None,
                  drop_path_rate: float | None = None, in_chans: int = 3,
+                 drop_rate: float = 0.0, global_pool: str | None = None,
                  **arch: Any) -> nn.Module:
     """Build a named variant.
 
@@ -253,11 +266,16 @@ def create_model(name: str, *, locality: Any = "default", num_classes: int = 100
     or a mapping / trainers.config.LocalityConfig / LocalitySpec of knobs over the variant's (or,
     for a plain backbone, the family's) defaults. `**arch` overrides the architecture (mlp_ratio,
     num_heads, depth, embed_dim, ...; unknown keys raise ModelConfigError listing the valid ones).
+    timm's keywords: `drop_rate` (dropout before the classifier), `drop_path_rate` (default: the
+    variant's), `global_pool` (default: the family's, "token" or Swin's "avg"; "" for none).
     """
-    row, fam, arch_obj, localities, size = _resolve(name, locality, img_size, arch)
+    _check_rate("drop_rate", drop_rate)
+    _check_rate("drop_path_rate", drop_path_rate)
+    row, fam, arch_obj, extra, size = _resolve(name, locality, img_size, arch, global_pool)
     return fam.build(
-        arch_obj, **localities, num_classes=num_classes, img_size=size, in_chans=in_chans,
+        arch_obj, **extra, num_classes=num_classes, img_size=size, in_chans=in_chans,
         drop_path_rate=row.drop_path_rate if drop_path_rate is None else drop_path_rate,
+        drop_rate=drop_rate,
     )
 
 
@@ -277,39 +295,3 @@ def check_model_config(cfg: ModelConfig, *, img_size: int | tuple[int, int] | No
         _resolve(cfg.backbone, cfg.locality, img_size, cfg.arch)
     except TypeError as err:  # a wrongly typed arch value caught by a dataclass check
         raise ModelConfigError(f"model.arch: {err}") from None
-
-
-def _timm_entrypoint(name: str):
-    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None,
-                   pretrained_cfg_overlay: Any = None, cache_dir: Any = None,
-                   **kwargs: Any) -> nn.Module:
-        if pretrained:
-            raise ModelConfigError(
-                f"{name} has no pretrained weights here; use pretrained=False and train it"
-            )
-        return create_model(name, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"LocalViT registry model {name!r} (trainers.registry.create_model)."
-    return entrypoint
-
-
-def _register_with_timm() -> tuple[str, ...]:
-    """Register every variant with timm, never replacing a model timm itself defines."""
-    from timm.models import is_model, is_model_in_modules, register_model
-
-    ours = sys.modules[__name__]
-    module = __name__.split(".")[-1]  # timm keys its registry by the last module name part
-    skipped = []
-    for name in VARIANTS:
-        if is_model(name) and not is_model_in_modules(name, [module]):
-            skipped.append(name)
-            continue
-        fn = register_model(_timm_entrypoint(name))
-        setattr(ours, name, fn)
-    return tuple(skipped)
-
-
-# Names timm already owns (none in timm 1.0.31); those stay timm's.
-TIMM_NAME_CLASHES = _register_with_timm()

@@ -48,7 +48,7 @@ class SpatialReductionAttention(nn.Module):
         head_dim = dim // self.num_heads
         q = self.q(x).reshape(batch, n, self.num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
         source = x
-        if self.sr_ratio > 1:
+        if hasattr(self, "sr"):  # sr_ratio > 1 (hasattr is static under TorchScript)
             prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
             img = tokens.transpose(1, 2).reshape(batch, dim, *grid)  # (B, C, H, W)
             reduced = self.norm(self.sr(img).flatten(2).transpose(1, 2))  # (B, H*W/r^2, C)
@@ -82,6 +82,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0
                 ) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid, num_prefix_tokens))
-        if self.locality:
+        if hasattr(self, "ffn"):  # locality on (hasattr is static under TorchScript)
             return self.ffn(x, grid, num_prefix_tokens)
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -44,7 +44,7 @@ class ViTArch:
             )
 
 
-class LocalityBlock(Block):
+class LocalityBlock(compat.ViTBlockHalves):
     """timm's pre-norm ViT block with `norm2 + mlp` replaced by the locality FFN.
 
     `grid` (H, W) and `num_prefix_tokens` are set by the owning model from its patch embedding.
@@ -63,9 +63,10 @@ class LocalityBlock(Block):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
-        assert self.grid is not None, "LocalityBlock.grid is set by its model before use"
-        x = compat.vit_block_attention(self, x, attn_mask, is_causal)
-        return self.ffn(x, self.grid, self.num_prefix_tokens)
+        grid = self.grid
+        assert grid is not None, "LocalityBlock.grid is set by its model before use"
+        x = self.attention_half(x, attn_mask, is_causal)
+        return self.ffn(x, grid, self.num_prefix_tokens)
 
 
 def _block_factory(*, depth: int, locality_at: frozenset[int], spec: LocalitySpec | None,
@@ -113,7 +114,8 @@ def check_img_size(arch: ViTArch, img_size: int | tuple[int, int]) -> None:
 
 def build_deit(arch: ViTArch, *, locality: LocalitySpec | None, num_classes: int = 1000,
                img_size: int | tuple[int, int] = 224, drop_path_rate: float = 0.0,
-               in_chans: int = 3) -> LocalVisionTransformer:
+               in_chans: int = 3, drop_rate: float = 0.0,
+               global_pool: str = "token") -> LocalVisionTransformer:
     check_img_size(arch, img_size)
     return LocalVisionTransformer(
         locality=locality,
@@ -128,4 +130,6 @@ def build_deit(arch: ViTArch, *, locality: LocalitySpec | None, num_classes: int
         mlp_ratio=arch.mlp_ratio,
         qkv_bias=arch.qkv_bias,
         drop_path_rate=drop_path_rate,
+        drop_rate=drop_rate,
+        global_pool=global_pool,
     )

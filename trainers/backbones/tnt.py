@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.models.tnt import TNT, Block as TNTBlock
+from timm.models.tnt import TNT
 from torch import nn
 
 from .. import _timm_compat as compat
@@ -49,7 +49,7 @@ class TNTArch:
             )
 
 
-class LocalityTNTBlock(TNTBlock):
+class LocalityTNTBlock(compat.TNTBlockHalves):
     """timm's TNT block whose outer `norm_mlp + mlp` is the locality FFN."""
 
     def __init__(self, *, locality: LocalitySpec, grid: tuple[int, int], **kwargs: Any) -> None:
@@ -64,7 +64,7 @@ class LocalityTNTBlock(TNTBlock):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # Inner transformer, projection and outer attention as timm; then the locality FFN in
         # place of the outer MLP (drop-path on attention only, the class token bypasses it).
-        pixel_embed, patch_embed = compat.tnt_block_until_mlp(self, pixel_embed, patch_embed)
+        pixel_embed, patch_embed = self.until_mlp(pixel_embed, patch_embed)
         return pixel_embed, self.ffn(patch_embed, self.grid, 1)
 
 
@@ -109,7 +109,8 @@ def check_img_size(arch: TNTArch, img_size: int | tuple[int, int]) -> None:
 
 def build_tnt(arch: TNTArch, *, locality: LocalitySpec | None, num_classes: int = 1000,
               img_size: int | tuple[int, int] = 224, drop_path_rate: float = 0.0,
-              in_chans: int = 3) -> LocalTNT:
+              in_chans: int = 3, drop_rate: float = 0.0,
+              global_pool: str = "token") -> LocalTNT:
     check_img_size(arch, img_size)
     return LocalTNT(
         locality=locality,
@@ -119,4 +120,5 @@ def build_tnt(arch: TNTArch, *, locality: LocalitySpec | None, num_classes: int 
         depth=arch.depth, num_heads_inner=arch.num_heads_inner,
         num_heads_outer=arch.num_heads_outer, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv_bias,
         drop_path_rate=drop_path_rate, first_stride=arch.first_stride, legacy=True,
+        drop_rate=drop_rate, global_pool=global_pool,
     )
