@@ -17,6 +17,8 @@ such reach, with the Ray code it depends on named in its docstring or comment:
 - `saved_checkpoint_paths`: which checkpoint each trial of a saved experiment state resumes
   from (Tune's state JSON, with Ray Train's checkpoint manager pickled inside), so that the
   checkpoint keeper never deletes one a restore needs.
+- `preloading_workers`: the system config by which a local Ray's workers import torch, timm
+  and the models as they start, before any trial is placed on them.
 - `ENV_SWITCHES`, `QUIET_LOGGERS`, `quiet_ray`: the environment variables and logger names by
   which the driver turns off Tune's console output, loggers and warnings, all process-wide.
 
@@ -55,6 +57,7 @@ __all__ = [
     "asha_judging",
     "asha_pending_rung",
     "check_ray_version",
+    "preloading_workers",
     "published_node_groups",
     "quiet_ray",
     "restored_run_parts",
@@ -168,6 +171,16 @@ def saved_checkpoint_paths(state_text: str) -> dict[str, str | None]:
         paths[json.loads(trial_json)["trial_id"]] = (
             None if latest is None or latest.checkpoint is None else latest.checkpoint.path)
     return paths
+
+
+# ------------------------------------------------------------------------------ worker start-up
+
+def preloading_workers(modules: tuple[str, ...]) -> dict[str, object]:
+    """`ray.init(_system_config=...)` for a local Ray whose Python workers import `modules` when
+    they start (RayConfig `preload_python_modules`, which the raylet passes to
+    `default_worker.py` as `--worker-preload-modules`; no public API has it). Ray starts a
+    pool of workers with the cluster and places actors on them, so trials skip those imports."""
+    return {"preload_python_modules": list(modules)}
 
 
 # --------------------------------------------------------------------------------------- results

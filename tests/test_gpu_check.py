@@ -29,6 +29,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.system
 def test_refuses_without_a_gpu_before_any_work(tmp_path):
     out_json, storage = tmp_path / "out.json", tmp_path / "storage"
     proc = subprocess.run(
@@ -156,6 +157,7 @@ def cpu_sweep(tmp_path_factory):
     return storage / "gpu_check", planned
 
 
+@pytest.mark.system
 def test_verify_accepts_a_finished_sweep_as_it_ran(cpu_sweep):
     sweep_dir, planned = cpu_sweep
     assert len(planned) == 3
@@ -166,6 +168,7 @@ def test_verify_accepts_a_finished_sweep_as_it_ran(cpu_sweep):
     assert sum(v.statuses.values()) == 3
 
 
+@pytest.mark.system
 def test_verify_reports_a_cpu_sweep_checked_as_a_gpu_one(cpu_sweep):
     sweep_dir, planned = cpu_sweep
     v = _gpu_sweep.verify_sweep(sweep_dir, planned, cuda=True, amp=True)
@@ -177,6 +180,7 @@ def test_verify_reports_a_cpu_sweep_checked_as_a_gpu_one(cpu_sweep):
         assert f"MLflow: trial {who}: param train.amp is 'false'" in v.problems
 
 
+@pytest.mark.system
 def test_verify_reports_trials_missing_from_parquet_and_mlflow(cpu_sweep):
     from mlflow import MlflowClient
 

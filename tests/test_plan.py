@@ -278,6 +278,9 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
     reported = []
 
     class Recording:
+        def __init__(self, restored=None):
+            assert restored is None                 # a fresh trial: no checkpoint history
+
         def report(self, metrics, *, epoch, checkpoint_dir):
             reported.append(epoch)
 

@@ -12,6 +12,7 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.system
 def test_import_trainers_registers_every_variant_with_timm_in_a_fresh_interpreter():
     proc = _fresh("import timm, trainers\n"
                   "m = timm.create_model('localvit_tiny')\n"

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +27,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.utils.mock_trainable import MyTrainableClass
 
 from orchestrator import _ray_compat as compat
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_installed_ray_is_a_checked_version_and_others_warn(monkeypatch):
@@ -232,3 +237,28 @@ def test_each_quiet_logger_is_a_ray_module_logging_under_its_name(name):
     if name in SILENCED:
         assert compat.QUIET_LOGGERS[name] == logging.CRITICAL
         assert SILENCED[name] in source
+
+
+@pytest.mark.system
+def test_preloading_workers_start_with_the_trial_modules_imported(tmp_path):
+    # A Ray of its own (a subprocess: the suite shares one Ray session), once with the config and
+    # once without: an actor's worker has `trainers` imported before the actor asks only with it.
+    script = tmp_path / "preload.py"
+    script.write_text(
+        "import sys, ray\n"
+        "from orchestrator._ray_compat import preloading_workers\n"
+        "@ray.remote\n"
+        "class Probe:\n"
+        "    def __init__(self):\n"
+        "        self.had = 'trainers' in sys.modules\n"
+        "    def had_it(self):\n"
+        "        return self.had\n"
+        "for config in (preloading_workers(('json', 'trainers')), {}):\n"
+        "    ray.init(address='local', num_cpus=1, include_dashboard=False,\n"
+        "             logging_level='ERROR', _system_config=config)\n"
+        "    print('preloaded' if ray.get(Probe.remote().had_it.remote()) else 'not')\n"
+        "    ray.shutdown()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=180, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["preloaded", "not"], out.stdout

@@ -105,6 +105,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.system
 def test_cli_picks_prints_and_records_the_recipe_with_provenance(tmp_path):
     out = tmp_path / "run"
     proc = _cli("--model", "localvit_micro", "--data", "digits", "--epochs", "1",
@@ -118,6 +119,7 @@ def test_cli_picks_prints_and_records_the_recipe_with_provenance(tmp_path):
     assert saved["train"]["epochs"] == 1
 
 
+@pytest.mark.system
 def test_cli_reads_yaml_strictly_and_rejects_a_bad_recipe(tmp_path):
     dup = tmp_path / "dup.yaml"
     dup.write_text("train:\n  lr: 1e-3\n  lr: 2e-3\n")

@@ -98,6 +98,7 @@ def _start(small_disk: Path, tmp_path: Path, fault: str | None = None):
     return driver_process.start(args, log, fault=fault), log, args
 
 
+@pytest.mark.system
 def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_completes(
         small_disk, tmp_path):
     proc, log, args = _start(small_disk, tmp_path)
@@ -110,6 +111,7 @@ def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_comple
     _check_the_stop_and_resume(proc, log, small_disk, tmp_path, args)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("point", ["first-result", "mid-trial", "state-save"])
 def test_a_disk_full_at_each_point_of_tunes_work_resumes(small_disk, tmp_path, point):
     # Filled from inside the driver at that point of Tune's work (tests/tune_faults.py), not

@@ -293,6 +293,7 @@ def cli_config(tmp_path_factory) -> Path:
 
 # Every bad input is covered in-process above; these two show both CLI paths (schema, then
 # validate_config) exit 2 before --out exists. Each case is a ~5 s interpreter start.
+@pytest.mark.system
 @pytest.mark.parametrize("args, match", [
     (["--set", "train.batch_size=0"], "train.batch_size"),
     (["--set", "data.name=cifar100", "--set", "data.root=/no/such/dir"], "/no/such/dir"),
@@ -305,6 +306,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(cli_config, tmp_path, args, ma
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_cli_trains_is_killed_and_resumes_to_the_same_metrics(cli_config, tmp_path):
     full = tmp_path / "full"
     proc = cli("--config", str(cli_config), "--out", str(full))
