@@ -1,7 +1,8 @@
-"""A storage folder that fills up mid-sweep (issue 10): the driver ends with one clear error that
-names the folder and the system's reason (no traceback), every table written before the fault is
-whole and readable (writes are a temporary file renamed over the target, so no half file and no
-temporary file is left), and once there is room again `--resume` completes the sweep.
+"""A storage folder that fills up mid-sweep: the driver ends with one clear error that names the
+reason (no traceback), every table written before the fault is whole and readable (writes are a
+temporary file renamed over the target, so no half file and no temporary file is left), and once
+there is room again `--resume` completes the sweep, wherever in Tune's work the disk filled: the
+disk is filled from inside the driver at a chosen point (tests/tune_faults.py), not after a delay.
 
 The storage is a small tmpfs mounted for the test (root only; without the permission to mount,
 the test skips and says why); the filler is written inside that mount only.
@@ -14,7 +15,6 @@ from pathlib import Path
 import driver_process
 import pandas as pd
 import pytest
-import tune_faults
 
 from orchestrator.tables import TRIALS_FILE, read_epochs, read_trials, table_exists
 from tiny_study import two_arm_spec
@@ -40,12 +40,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(store)], capture_output=True)
 
 
-def _fill(folder: Path) -> Path:
-    tune_faults.fill(folder)
-    return folder / "filler"
-
-
-def _check_the_stop_and_resume(proc, log: Path, small_disk: Path, tmp_path: Path, args: list[str]):
+def _check_the_stop_and_resume(proc, log: Path, small_disk: Path, tmp_path: Path, args: list[str],
+                               point: str):
     """The driver that met the full disk exits 1 with one clear error and whole tables; with the
     filler gone, --resume completes every trial once."""
     try:
@@ -72,6 +68,8 @@ def _check_the_stop_and_resume(proc, log: Path, small_disk: Path, tmp_path: Path
         for key in trials.loc[trials["status"] == "completed", "trial_key"]:
             assert sorted(epochs.loc[epochs["trial_key"] == key, "epoch"]) == [1, 2, 3, 4, 5]
     assert not [p.name for p in sweep.rglob("*.tmp")]
+    if point == "trial-end":
+        assert (trials["status"] == "completed").sum() == 1
 
     (small_disk / "filler").unlink()
     log2 = tmp_path / "resume.log"
@@ -99,26 +97,15 @@ def _start(small_disk: Path, tmp_path: Path, fault: str | None = None):
 
 
 @pytest.mark.system
-def test_a_full_disk_mid_sweep_says_so_keeps_every_table_whole_and_resume_completes(
-        small_disk, tmp_path):
-    proc, log, args = _start(small_disk, tmp_path)
-    try:
-        driver_process.wait_for(proc, log, " completed after ")     # the first trial's row
-        _fill(small_disk)
-    except BaseException:
-        driver_process.kill(proc)
-        raise
-    _check_the_stop_and_resume(proc, log, small_disk, tmp_path, args)
-
-
-@pytest.mark.system
-@pytest.mark.parametrize("point", ["first-result", "mid-trial", "state-save"])
-def test_a_disk_full_at_each_point_of_tunes_work_resumes(small_disk, tmp_path, point):
+@pytest.mark.parametrize("point", ["mid-trial", "trial-end", "state-save"])
+def test_a_disk_full_at_each_point_of_tunes_work_says_so_and_resumes(small_disk, tmp_path,
+                                                                     point):
     # Filled from inside the driver at that point of Tune's work (tests/tune_faults.py), not
-    # after a delay: before any trial ends, while a trial writes its checkpoints, and while Tune
-    # copies its experiment state into the storage (which leaves its files cut short).
+    # after a delay: while a trial writes its checkpoints (before any trial ends), once the first
+    # trial's rows are written, and while Tune copies its experiment state into the storage
+    # (which leaves its files cut short).
     proc, log, args = _start(small_disk, tmp_path, fault=f"fill:{point}:{small_disk}")
-    _check_the_stop_and_resume(proc, log, small_disk, tmp_path, args)
+    _check_the_stop_and_resume(proc, log, small_disk, tmp_path, args, point)
 
 
 def test_a_cut_short_tune_session_is_set_aside_for_the_one_before(tmp_path):

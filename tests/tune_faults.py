@@ -4,10 +4,9 @@ need the fault at that point exactly, not at whatever moment a timer hits.
     python tests/tune_faults.py FAULT -- SWEEP ARGS...
 
 FAULT is one of:
-- `fill:first-result:DIR`: fill the disk mounted at DIR when the driver gets the first epoch
-  result of any trial (before any trial ends);
-- `fill:mid-trial:DIR`: when a trial reports its second epoch (its third checkpoint is then
-  written to a full disk);
+- `fill:mid-trial:DIR`: fill the disk mounted at DIR when a trial reports its second epoch
+  (before any trial ends; its third checkpoint is then written to a full disk);
+- `fill:trial-end:DIR`: once the first trial has ended and its rows are written;
 - `fill:state-save:DIR`: while Tune saves its experiment state, once a trial has a checkpoint,
   leaving a few KiB so that Tune's copy into the storage is cut short;
 - `kill:after-prune`: Tune saves its state once the first trial registered its first checkpoint
@@ -73,8 +72,8 @@ def install(fault: str) -> None:
     if kind == "fill":
         point, _, folder = rest.partition(":")
         mount = Path(folder)
-        if point == "first-result":
-            _wrap(SinkCallback, "on_trial_result",
+        if point == "trial-end":
+            _wrap(SinkCallback, "on_trial_complete",
                   lambda self, _r, *a, **k: once("fill") and fill(mount))
         elif point == "mid-trial":
             def at_epoch_two(self: Any, _r: Any, *args: Any, **kwargs: Any) -> None:
