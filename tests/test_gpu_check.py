@@ -152,7 +152,8 @@ def cpu_sweep(tmp_path_factory):
     sets = _gpu_sweep.sweep_sets(storage, gpu=0, cpus=1, device="cpu", amp=False, seeds=(0,),
                                  epochs=2, steps_per_epoch=2, max_concurrent=2)
     planned = _gpu_sweep.planned_trials(sets)
-    run = _gpu_sweep.run_sweep_cli(sets, storage / "sweep.log", timeout_s=300)
+    # 900 s: on a loaded machine Ray starts the trials minutes late.
+    run = _gpu_sweep.run_sweep_cli(sets, storage / "sweep.log", timeout_s=900)
     assert run.exit_code == 0, run.log.read_text()[-3000:]
     return storage / "gpu_check", planned
 
