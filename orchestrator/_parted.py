@@ -195,8 +195,10 @@ class PartedTable:
         return live
 
     def exists(self) -> bool:
-        """Whether anything was written: the compacted file or a part."""
-        return self.path.is_file() or bool(self._parts())
+        """Whether anything was written: the compacted file, a part, or a log with a whole write
+        (a log cut short before its first write holds nothing)."""
+        return self.path.is_file() or any(
+            part[0] != _LOG_LEVEL or self._read_part(part) is not None for part in self._parts())
 
     # -- writes ----------------------------------------------------------------------------------
     def append(self, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> None:

@@ -351,13 +351,7 @@ def table_exists(directory: str | os.PathLike, name: str) -> bool:
     """Whether the sweep folder has rows of `name` (trials.parquet / epochs.parquet) on disk,
     in the documented file or in parts not yet compacted into it (a log cut short before its
     first whole record holds none)."""
-    table = _table(directory, name)
-    if not table.exists():
-        return False
-    try:
-        return table.read(list(table.keys)) is not None
-    except (OSError, pa.ArrowInvalid):      # there but unreadable: the reader says so
-        return True
+    return _table(directory, name).exists()
 
 
 def _table(directory: str | os.PathLike, name: str) -> PartedTable:
@@ -375,12 +369,8 @@ def _require_table(directory: str | os.PathLike, name: str) -> PartedTable:
 
 
 def _read(directory: str | os.PathLike, name: str, columns: list[str] | None) -> pa.Table:
-    parted = _require_table(directory, name)
-    table = parted.read(columns)
-    if table is None:           # only a log cut short before its first whole record
-        raise FileNotFoundError(
-            f"{parted.path} has no rows yet; pass the sweep's folder (<storage>/<name>/) of a "
-            "sweep that has finished at least one trial")
+    table = _require_table(directory, name).read(columns)
+    assert table is not None, "the table exists"
     return table
 
 

@@ -158,6 +158,18 @@ def test_a_log_write_cut_short_is_skipped_and_the_next_writer_seals_the_log(tmp_
     assert _as_dict(_logged(path).read()) == {**expected, **more}
 
 
+def test_a_log_cut_short_before_its_first_write_is_no_table(tmp_path):
+    # A driver killed (or a disk filled) in the middle of its first write: a log with no whole
+    # record is nothing written, so readers say "not found" instead of failing on no rows.
+    sweep = tmp_path / "sweep"
+    folder = sweep / PARTS_DIR / "trials"
+    folder.mkdir(parents=True)
+    (folder / "log-000000001.arrows").write_bytes((4096).to_bytes(8, "little") + b"\xff" * 100)
+    assert not table_exists(sweep, TRIALS_FILE)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_trials(sweep)
+
+
 def test_a_seal_cut_short_is_not_read_twice_and_is_cleared(tmp_path):
     path = tmp_path / "t.parquet"
     table = _logged(path)
