@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 _TUNE_KEYS = tune_result_keys() | {EPOCH_KEY, RESTORED_KEY}
 
 
+def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers among `values` (booleans are not metrics)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _node(result: Mapping[str, Any]) -> str:
     """`<node ip>:<node id[:8]>` of the node that produced a result (the ip alone can be shared
     by several Ray nodes on one machine), or "" when the trainable did not say."""
@@ -175,35 +181,31 @@ class SinkCallback(Callback):
         in memory only) and show none."""
         import json
 
-        metric, mode = self._start_kwargs["metric"], self._start_kwargs["mode"]
         for line in filter(None, text.splitlines()):
             row = json.loads(line)
             epoch = int(row.pop("epoch"))
             if epoch >= before:
                 continue
-            metrics = {k: float(v) for k, v in row.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            value = metrics.get(metric)
-            if value is not None and not math.isnan(value) and is_better(
-                    value, self._best.get(trial.trial_id), mode):
-                self._best[trial.trial_id] = value
+            metrics = _metrics(row)
+            self._offer_best(trial.trial_id, metrics)
             self._emit("epoch", key, epoch, metrics, restored=True)
 
     def _observe(self, trial: Any, result: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
         """Keep a result's epoch, metrics and the best value of the spec's metric."""
         epoch = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
-        metrics = {k: float(v) for k, v in result.items()
-                   if k not in _TUNE_KEYS and isinstance(v, (int, float))
-                   and not isinstance(v, bool)}
+        metrics = _metrics({k: v for k, v in result.items() if k not in _TUNE_KEYS})
         tid = trial.trial_id
         self._epochs[tid] = epoch
         self._last[tid] = metrics
-        metric, mode = self._start_kwargs["metric"], self._start_kwargs["mode"]
-        value = metrics.get(metric)
-        best = self._best.get(tid)
-        if value is not None and not math.isnan(value) and is_better(value, best, mode):
-            self._best[tid] = value
+        self._offer_best(tid, metrics)
         return epoch, metrics
+
+    def _offer_best(self, tid: str, metrics: Mapping[str, float]) -> None:
+        """Keep the spec's metric as the trial's best if it is better than the best so far."""
+        value = metrics.get(self._start_kwargs["metric"])
+        if value is not None and not math.isnan(value) and is_better(
+                value, self._best.get(tid), self._start_kwargs["mode"]):
+            self._best[tid] = value
 
     def _outcome(self, trial: Any, status: TrialStatus, reason: str, error: str = ""
                  ) -> TrialOutcome:

@@ -161,11 +161,11 @@ class CheckpointKeeper(Callback):
         # Tune has just saved its final state: the older sessions' states are needed no more.
         self.prune(self._all, newest_state_only=True)
 
-    def _referenced(self, fs: Any, newest_only: bool) -> dict[str, set[str]] | None:
-        """Trial id -> the checkpoints that the saved states name (every session's: a restore
-        falls back to an older one when the newest is cut short; or the newest session's
-        alone); None if one of them is unreadable."""
-        _, files = experiment_files(self._experiment_dir)
+    def _referenced(self, fs: Any, files: list[Any], newest_only: bool
+                    ) -> dict[str, set[str]] | None:
+        """Trial id -> the checkpoints that the saved states among `files` name (every
+        session's: a restore falls back to an older one when the newest is cut short; or the
+        newest session's alone); None if one of them is unreadable."""
         states = [i for i in files if _is_state(i.base_name)]
         referenced: dict[str, set[str]] = {}
         for info in states[-1:] if newest_only else states:
@@ -191,8 +191,8 @@ class CheckpointKeeper(Callback):
         import pyarrow.fs as pafs
 
         self._last = time.monotonic()
-        fs, _ = filesystem(self._experiment_dir)
-        referenced = self._referenced(fs, newest_state_only)
+        fs, files = experiment_files(self._experiment_dir)
+        referenced = self._referenced(fs, files, newest_state_only)
         if referenced is None:
             return []
         deleted = []
