@@ -38,15 +38,19 @@ def _mlflow_trial_runs(storage: Path) -> list:
     return [r for r in runs if r.data.tags.get("sweep_role") == "trial"]
 
 
-def _start_driver(tmp: Path) -> tuple[subprocess.Popen, list[str], Path, Path]:
-    """The study as a driver process, storage and log in `tmp`: (process, its arguments for the
-    --resume, storage root, log file)."""
+def _start_driver(tmp: Path, *sets: str, fault: str | None = None
+                  ) -> tuple[subprocess.Popen, list[str], Path, Path]:
+    """The study as a driver process (with `--set` for each of `sets`, and `fault` injected by
+    tests/tune_faults.py), storage and log in `tmp`: (process, its arguments for the --resume,
+    storage root, log file)."""
     spec = tmp / "sig.yaml"
     spec.write_text(SPEC)
     storage = tmp / "sweeps"
     args = [str(spec), "--set", f"run.storage={storage}"]
+    for value in sets:
+        args += ["--set", value]
     log = tmp / "driver.log"
-    return driver_process.start(args, log), args, storage, log
+    return driver_process.start(args, log, fault=fault), args, storage, log
 
 
 def test_sigterm_stops_cleanly_and_resume_completes(ray_session, tmp_path):
@@ -122,12 +126,8 @@ def test_sigkill_between_a_checkpoint_and_tunes_state_save_resumes_that_trial(ra
     # and the driver was SIGKILLed before Tune saved its state again (tests/tune_faults.py, at
     # that point of Tune's work, not after a delay). The saved state names a checkpoint two
     # behind the newest: it must still be there, and --resume goes on from it.
-    spec = tmp_path / "sig.yaml"
-    spec.write_text(SPEC)
-    storage = tmp_path / "sweeps"
-    args = [str(spec), "--set", f"run.storage={storage}", "--set", "base.train.epochs=5"]
-    log = tmp_path / "driver.log"
-    proc = driver_process.start(args, log, fault="kill:after-prune")
+    proc, args, storage, log = _start_driver(tmp_path, "base.train.epochs=5",
+                                             fault="kill:after-prune")
     try:
         assert proc.wait(timeout=300) == -signal.SIGKILL, log.read_text()[-3000:]
     finally:
