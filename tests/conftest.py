@@ -26,11 +26,47 @@ SYSTEM_FILES = {
 }
 
 
+# How the suite's workers (pytest-xdist, `--dist loadfile`) share the tests: each file is one unit
+# of work, so a module fixture (a shared sweep) runs once, in one worker; the tests of SPLIT_FILES
+# share nothing above function scope and each runs one or two sweep drivers of a minute or more,
+# so each is a unit of its own and they spread over the workers instead of queueing in one.
+# (xdist's own `loadgroup` cannot do this here: it renames a test's id, which pytest 9 ignores.)
+SPLIT_FILES = {"test_cluster.py", "test_signals.py", "test_storage_faults.py"}
+# The units start in this order, the longest first, so the short files fill in around them
+# instead of one long test starting last (the durations: `pytest --durations=40`).
+LONGEST_FIRST = ["test_sweep.py", "test_arm_scheduler.py", "test_storage_faults.py",
+                 "test_cluster.py", "test_signals.py", "test_faults.py", "test_gpu_check.py",
+                 "test_ray_compat.py", "test_sync.py", "test_train.py", "test_mlflow_ui.py"]
+
+
+def _rank(item) -> int:
+    name = Path(str(item.fspath)).name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).name in SYSTEM_FILES or "ray_session" in getattr(
                 item, "fixturenames", ()):
             item.add_marker(pytest.mark.system)
+    items.sort(key=_rank)                      # stable: each file keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SplitLoadFile(LoadFileScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            config.option.loadscopereorder = False     # keep LONGEST_FIRST's order
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPLIT_FILES else path
+
+    return SplitLoadFile(config, log)
 
 
 @pytest.fixture(scope="session")
