@@ -298,7 +298,7 @@ def test_old_spec_without_factors_or_references_compares_with_the_baseline(tmp_p
                              for a, v in ABLATION_SPEC["plan"]["arms"].items()}}
     trials = [t for t in _ablation_trials() if t["arm"] in ("baseline", "localvit", "act=relu6")]
     directory = build_sweep(tmp_path / "old", spec, trials)
-    from orchestrator._report_inputs import load_sweep
+    from orchestrator.report.inputs import load_sweep
 
     inputs = load_sweep(directory)
     assert inputs.arm("act=relu6").factors == {"model.locality.act": "relu6"}
@@ -414,7 +414,7 @@ def test_a_failure_while_building_leaves_the_previous_report(good_copy, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr("orchestrator._report_plots.size_plots", boom)
+    monkeypatch.setattr("orchestrator.report.plots.size_plots", boom)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(good_copy)
     assert _snapshot(good_copy / "report") == before
@@ -433,7 +433,7 @@ def test_plots_of_a_large_study_show_the_largest_differences_and_say_how_many(tm
                                                                               monkeypatch):
     """60 arms: the curves show 24 panels and the differences 40 rows, the arms with the largest
     |difference| (ties broken by order), and each title says how many of how many."""
-    from orchestrator import _report_plots as plots
+    from orchestrator.report import plots
 
     arms = ["baseline", *(f"a{i:02d}" for i in range(60))]
     diffs = {a: (i % 7) * 0.01 * (-1) ** i for i, a in enumerate(arms[1:])}

@@ -1,4 +1,5 @@
-"""orchestrator.stats against known answers: planted effects, null arms, scipy and statsmodels."""
+"""orchestrator.report.stats against known answers: planted effects, null arms, scipy and
+statsmodels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator import stats
+from orchestrator.report import stats
 
 
 def _planted(effect: float, n: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator._report_inputs import SweepInputs, canonical
-from orchestrator._report_render import Table, cells
+from orchestrator.report.inputs import SweepInputs, canonical
+from orchestrator.report.render import Table, cells
 
 __all__ = ["SearchResult", "importances", "ranked_trials", "search_result", "search_tables"]
 

@@ -15,7 +15,8 @@ arms were stopped at rungs) and writes `SWEEP_DIR/report/`:
 - PNG plots: the metric against params and MACs, learning curves per arm, the differences;
 - for a search (`search.space`): `search.md/.tex/.html`, `trials.csv` (trials ranked with their
   sampled values), `importances.csv` (Optuna), and the metric against each searched value.
-The statistics are in `orchestrator.stats`; their caveats at 3 seeds are written into the report.
+The statistics are in `orchestrator.report.stats`; their caveats at 3 seeds are written into
+the report.
 
 The report is built in a temporary sibling folder and swapped in with renames, so a failure
 leaves the previous `report/` as it was. Bad input raises `ReportError` (a `SweepError`); the CLI
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from orchestrator import stats
-from orchestrator._report_arms import ARMS_CSV_COLUMNS, arm_rows
-from orchestrator._report_inputs import ReportError, SweepInputs, load_sweep
-from orchestrator._report_render import Document, Figure, to_html, to_latex, to_markdown
+from orchestrator.report import stats
+from orchestrator.report.arms import ARMS_CSV_COLUMNS, arm_rows
+from orchestrator.report.inputs import ReportError, SweepInputs, load_sweep
+from orchestrator.report.render import Document, Figure, to_html, to_latex, to_markdown
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -60,7 +60,7 @@ class Report:
     arms: pd.DataFrame                   # one row per arm: ARMS_CSV_COLUMNS, then details
                                          # (no rows for a search)
     files: tuple[Path, ...]              # every file written, under `directory`
-    search: Any | None = None            # _report_search.SearchResult for a search
+    search: Any | None = None            # search.SearchResult for a search
     published: pd.DataFrame | None = None  # the --compare-to rows, if asked
 
 
@@ -101,7 +101,7 @@ _CAVEATS = (
 
 def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_to,
                      figures: Sequence[Path]) -> tuple[Document, pd.DataFrame | None]:
-    from orchestrator import _report_tables as tables
+    from orchestrator.report import tables
 
     doc = Document(f"Report: sweep {inputs.name}")
     doc.text(_intro(inputs, df))
@@ -119,7 +119,7 @@ def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_t
         doc.add(tables.backbone_table(inputs, df))
     rows = None
     if published is not None:
-        from orchestrator._report_published import comparison_table
+        from orchestrator.report.published import comparison_table
 
         doc.heading("Published results")
         table, rows = comparison_table(inputs, df, published, str(compare_to))
@@ -137,7 +137,7 @@ def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_t
 
 
 def _search_document(inputs: SweepInputs, result, figures: Sequence[Path]) -> Document:
-    from orchestrator._report_search import search_tables
+    from orchestrator.report.search import search_tables
 
     doc = Document(f"Report: search {inputs.name}")
     space = "; ".join(f"{k}: {kind} {values}" for k, (kind, values) in inputs.space.items())
@@ -174,8 +174,8 @@ def _write_documents(doc: Document, stem: str, out: Path) -> list[Path]:
 
 
 def _build_design(inputs: SweepInputs, out: Path, published, compare_to) -> dict[str, Any]:
-    from orchestrator import _report_plots as plots
-    from orchestrator._report_tables import wants_backbone_table
+    from orchestrator.report import plots
+    from orchestrator.report.tables import wants_backbone_table
 
     df = arm_rows(inputs)
     files = [out / "arms.csv"]
@@ -192,8 +192,8 @@ def _build_design(inputs: SweepInputs, out: Path, published, compare_to) -> dict
 
 
 def _build_search(inputs: SweepInputs, out: Path) -> dict[str, Any]:
-    from orchestrator import _report_plots as plots
-    from orchestrator._report_search import search_result
+    from orchestrator.report import plots
+    from orchestrator.report.search import search_result
 
     result = search_result(inputs)
     files = [out / "trials.csv"]
@@ -234,7 +234,7 @@ def write_report(sweep_dir: str | os.PathLike, *, compare_to: str | os.PathLike 
     inputs = load_sweep(sweep_dir)
     published = None
     if compare_to is not None:
-        from orchestrator._report_published import load_published
+        from orchestrator.report.published import load_published
 
         published = load_published(compare_to)
     final = inputs.directory / REPORT_DIR
@@ -255,7 +255,7 @@ def write_report(sweep_dir: str | os.PathLike, *, compare_to: str | os.PathLike 
 # ------------------------------------------------------------------------------------ terminal
 
 def _fmt(x: Any, signed: bool = False) -> str:
-    from orchestrator._report_tables import fmt_value
+    from orchestrator.report.tables import fmt_value
 
     return fmt_value(x, signed=signed)
 
@@ -266,7 +266,7 @@ def verdict_table(report: Report, max_rows: int = 15):
     from rich import box
     from rich.table import Table as RichTable
 
-    from orchestrator._report_tables import fmt_p
+    from orchestrator.report.tables import fmt_p
 
     if report.kind == "search":
         assert report.search is not None, "a search report has its SearchResult"
@@ -277,7 +277,7 @@ def verdict_table(report: Report, max_rows: int = 15):
         table = RichTable(title=f"{report.sweep}: best trials by {report.metric} "
                                 f"({report.mode})", title_justify="left", box=box.SIMPLE_HEAD,
                       pad_edge=False, collapse_padding=True)
-        from orchestrator._report_tables import short_names
+        from orchestrator.report.tables import short_names
 
         short = short_names(keys)
         for col in ("rank", "trial", "status", report.metric, *(short[k] for k in keys)):
@@ -344,6 +344,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{', '.join(p.name for p in report.files)})", markup=False, soft_wrap=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator import stats
-from orchestrator._report_inputs import ArmInfo, SweepInputs
+from orchestrator.report import stats
+from orchestrator.report.inputs import ArmInfo, SweepInputs
 
 __all__ = ["ARMS_CSV_COLUMNS", "arm_rows"]
 

@@ -16,8 +16,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator._report_inputs import ReportError, SweepInputs
-from orchestrator._report_render import Table, cells
+from orchestrator.report.inputs import ReportError, SweepInputs
+from orchestrator.report.render import Table, cells
 from trainers.config import format_validation_error
 
 __all__ = ["Published", "PublishedEntry", "comparison_table", "load_published"]
