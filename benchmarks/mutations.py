@@ -140,21 +140,21 @@ MUTATIONS: list[Mutation] = [
              "criterion = torch.nn.CrossEntropyLoss()",
              "without Mixup, aug.label_smoothing is ignored"),
     # ---- the orchestrator (take the find strings from the files as they are; issue 13) ----
-    Mutation("parquet-forgets-compacted-rows", "orchestrator/_parted.py",
+    Mutation("parquet-forgets-compacted-rows", "orchestrator/sinks/parted.py",
              "tables = [pq.read_table(self.path)] if self.path.is_file() else []",
              "tables = []",
              "the compacted trials/epochs file is ignored when parts are read or merged into it: "
              "a resumed sweep loses the rows written before"),
-    Mutation("parquet-upsert-keeps-first-write", "orchestrator/_parted.py",
+    Mutation("parquet-upsert-keeps-first-write", "orchestrator/sinks/parted.py",
              '[(_ROW, "max")])[f"{_ROW}_max"]', '[(_ROW, "min")])[f"{_ROW}_min"]',
              "a replayed trial's rows (after --resume or a retry) do not replace the earlier "
              "ones: the first write of a key wins"),
-    Mutation("parquet-log-seal-keeps-repeated-keys", "orchestrator/_parted.py",
+    Mutation("parquet-log-seal-keeps-repeated-keys", "orchestrator/sinks/parted.py",
              "self._add_part((0, seq, seq), self._keep_last(self._log_writes))",
              "self._add_part((0, seq, seq), self._concat(self._log_writes))",
              "a full log is sealed with every write of a key in it: a lone sealed part is read "
              "(without grouping) with a replayed trial's rows twice"),
-    Mutation("parquet-leftover-log-dropped", "orchestrator/_parted.py",
+    Mutation("parquet-leftover-log-dropped", "orchestrator/sinks/parted.py",
              "            if tables:\n                self._add_part((0, log[1], log[2])",
              "            if False:\n                self._add_part((0, log[1], log[2])",
              "the log a killed driver left is deleted instead of sealed by the next driver: the "
@@ -216,7 +216,7 @@ FIRST_FOR = {
     "orchestrator/_asha.py": ("tests/test_asha_reasons.py",),
     "orchestrator/_ray_compat.py": ("tests/test_ray_compat.py", "tests/test_asha_reasons.py"),
     "orchestrator/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
-    "orchestrator/_parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
+    "orchestrator/sinks/parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }

@@ -54,11 +54,11 @@ def _child(argv: list[str], quiet: bool) -> tuple[float, float, int]:
 
 
 def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
-    from orchestrator.events import TrialInfo, TrialOutcome
     from orchestrator.plan import build_plan
     from orchestrator.runner import _resolved_spec
+    from orchestrator.sinks.base import TrialInfo, TrialOutcome
+    from orchestrator.sinks.parquet import ParquetSink
     from orchestrator.spec import load_spec
-    from orchestrator.tables import ParquetSink
 
     t0 = time.perf_counter()
     plan = build_plan(load_spec(str(SPEC), []), source=str(SPEC), data_required=False)
@@ -109,7 +109,7 @@ def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
 def read(sweep_dir: Path) -> None:
     import pandas as pd
 
-    from orchestrator.tables import read_epochs, read_trials
+    from orchestrator.sinks.parquet import read_epochs, read_trials
 
     t0 = time.perf_counter()
     trials, epochs = read_trials(sweep_dir), read_epochs(sweep_dir)

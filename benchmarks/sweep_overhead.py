@@ -254,9 +254,9 @@ class _Timed:
 def _bench_sinks(tracking_uri: str) -> list:
     from rich.console import Console
 
-    from orchestrator.progress import ProgressSink
-    from orchestrator.tables import ParquetSink
-    from orchestrator.tracking import MlflowSink
+    from orchestrator.sinks.mlflow import MlflowSink
+    from orchestrator.sinks.parquet import ParquetSink
+    from orchestrator.sinks.progress import ProgressSink
 
     # The progress view renders its lines as on a CI log, into memory instead of the terminal.
     console = Console(file=io.StringIO(), force_terminal=False)

@@ -20,7 +20,8 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator._ray_compat import tune_result_keys
-from orchestrator.events import (
+from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
+from orchestrator.sinks.base import (
     FinishedTrial,
     Sink,
     TrialInfo,
@@ -28,7 +29,6 @@ from orchestrator.events import (
     TrialStatus,
     is_better,
 )
-from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
 from orchestrator.trainable import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
 from trainers.config import TrainConfig
 

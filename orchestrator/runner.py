@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator._files import filesystem, is_uri
 from orchestrator.errors import ResumeError, StorageError
-from orchestrator.events import FinishedTrial, Sink, TrialOutcome
 from orchestrator.plan import Plan, keep_recorded_names
+from orchestrator.sinks.base import FinishedTrial, Sink, TrialOutcome
 
 if TYPE_CHECKING:
     from orchestrator._callback import SinkCallback
@@ -172,9 +172,9 @@ def _check_same_sweep(plan: Plan, saved_path: Path) -> None:
 
 def default_sinks(tracking_uri: str) -> list[Sink]:
     """Parquet first (the durable record), then MLflow, then the live progress view."""
-    from orchestrator.progress import ProgressSink
-    from orchestrator.tables import ParquetSink
-    from orchestrator.tracking import MlflowSink
+    from orchestrator.sinks.mlflow import MlflowSink
+    from orchestrator.sinks.parquet import ParquetSink
+    from orchestrator.sinks.progress import ProgressSink
 
     return [ParquetSink(), MlflowSink(tracking_uri=tracking_uri), ProgressSink()]
 
@@ -333,7 +333,7 @@ def _rerun_without_tune_state(plan: Plan, target: Path,
                               notify: Callable[[str], None] | None) -> frozenset[str]:
     """No readable Tune state left: run again the planned trials that trials.parquet does not
     have as completed or stopped (Parquet is the system of record). The keys to skip."""
-    from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
+    from orchestrator.sinks.parquet import TRIALS_FILE, read_trials, table_exists
 
     where = f"{plan.source}: --resume"
     if plan.is_search or plan.spec.asha_unit == "arm":
@@ -359,7 +359,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
                 skip: frozenset[str] = frozenset()) -> SweepResult:
     from ray import tune
 
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.sinks.mlflow import default_tracking_uri
     from orchestrator.trainable import FAULT_ENV, run_trial
 
     spec = plan.spec
@@ -495,7 +495,7 @@ def _recorded_arms(target: Path) -> dict[str, str]:
 
 def _finished_trials(target: Path) -> list[FinishedTrial]:
     """What the sweep's Parquet tables (the system of record) have as finished, for the sinks."""
-    from orchestrator.tables import TRIALS_FILE, read_trials, table_exists
+    from orchestrator.sinks.parquet import TRIALS_FILE, read_trials, table_exists
 
     if not table_exists(target, TRIALS_FILE):
         return []

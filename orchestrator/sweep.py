@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _catch_up_mlflow(sweep_dir, err) -> None:
     """--resume: first replay what Parquet has and MLflow may lack (a store that was down while
     trials finished; the same replay as `orchestrator.sync`, so nothing is logged twice)."""
-    from orchestrator.tables import TRIALS_FILE, table_exists
+    from orchestrator.sinks.parquet import TRIALS_FILE, table_exists
 
     if not table_exists(sweep_dir, TRIALS_FILE):
         return
@@ -212,7 +212,7 @@ def _catch_up_mlflow(sweep_dir, err) -> None:
 def _print_summary(plan, result, spec_path, console, err) -> None:
     """The study's answer (the report's verdict table), where everything is, how to browse."""
     from orchestrator.report import ReportError, verdict_table, write_report
-    from orchestrator.tracking import log_report, mlflow_ui_command, sweep_browse_url
+    from orchestrator.sinks.mlflow import log_report, mlflow_ui_command, sweep_browse_url
 
     for problem in result.storage_errors:
         err.print(f"error: storage: {problem}. Every table written there before is whole; make "

@@ -27,8 +27,8 @@ from dataclasses import replace
 import pytest
 from local_ports import free_port
 
-from orchestrator.events import TrialOutcome
-from orchestrator.tracking import MlflowSink, browse_url, mlflow_ui_command, sweep_browse_url
+from orchestrator.sinks.base import TrialOutcome
+from orchestrator.sinks.mlflow import MlflowSink, browse_url, mlflow_ui_command, sweep_browse_url
 
 try:
     from sink_scenario import METRIC, curve, feed, scenario
@@ -108,7 +108,7 @@ def test_sweep_browse_url_names_a_missing_sweep_and_creates_no_store(tmp_path):
 
 
 def test_an_http_tracking_server_is_its_own_ui(store, monkeypatch):
-    from orchestrator import tracking
+    from orchestrator.sinks import mlflow as tracking
 
     class Client:  # no server here: only the base of the link is under test
         def __init__(self, tracking_uri):

@@ -7,8 +7,8 @@ import re
 
 from rich.console import Console
 
-from orchestrator.progress import ProgressSink
-from orchestrator.tables import ParquetSink
+from orchestrator.sinks.parquet import ParquetSink
+from orchestrator.sinks.progress import ProgressSink
 
 try:
     from sink_scenario import METRIC, feed, scenario

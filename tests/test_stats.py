@@ -109,7 +109,7 @@ def test_verdict_is_sign_aware():
 
 
 def test_better_and_best_follow_the_mode():
-    from orchestrator.events import best_of, is_better
+    from orchestrator.sinks.base import best_of, is_better
 
     assert is_better(0.9, 0.8, "max") and not is_better(0.8, 0.9, "max")
     assert is_better(0.8, 0.9, "min") and not is_better(0.9, 0.8, "min")

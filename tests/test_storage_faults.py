@@ -16,7 +16,7 @@ import driver_process
 import pandas as pd
 import pytest
 
-from orchestrator.tables import TRIALS_FILE, read_epochs, read_trials, table_exists
+from orchestrator.sinks.parquet import TRIALS_FILE, read_epochs, read_trials, table_exists
 from tiny_study import two_arm_spec
 
 ROOT = Path(__file__).resolve().parents[1]

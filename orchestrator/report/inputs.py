@@ -99,7 +99,7 @@ def _read_spec(directory: Path) -> dict[str, Any]:
 
 
 def _read_table(directory: Path, name: str, reader) -> Any:
-    from orchestrator.tables import table_exists
+    from orchestrator.sinks.parquet import table_exists
 
     path = directory / name
     if not table_exists(directory, name):
@@ -170,7 +170,7 @@ def _arms(spec: Mapping[str, Any], trials: Any, axes: Mapping[str, list[Any]]
 
 def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     """Read and check a sweep folder; ReportError (naming the file) if it cannot be reported."""
-    from orchestrator.tables import read_epochs, read_trials
+    from orchestrator.sinks.parquet import read_epochs, read_trials
 
     directory = Path(directory).expanduser()
     if not directory.is_dir():

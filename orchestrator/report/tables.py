@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.events import best_of
 from orchestrator.report.inputs import SweepInputs, canonical
 from orchestrator.report.render import Cell, Table, cells
+from orchestrator.sinks.base import best_of
 
 __all__ = ["arms_table", "axis_tables", "backbone_table", "factorial_table", "fmt_count",
            "fmt_p", "fmt_value", "short_names", "wants_backbone_table"]

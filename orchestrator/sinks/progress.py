@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome, is_better
+from orchestrator.sinks.base import FinishedTrial, TrialInfo, TrialOutcome, is_better
 
 __all__ = ["ProgressSink"]
 

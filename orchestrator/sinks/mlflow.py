@@ -44,12 +44,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import _mlflow_view
-from orchestrator._background import SerialWorker
 from orchestrator._flatten import encode_value, flatten_config
-from orchestrator._mlflow_view import browse_url
 from orchestrator._provenance import provenance, spec_yaml_text
-from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome
+from orchestrator.sinks import mlflow_view
+from orchestrator.sinks.background import SerialWorker
+from orchestrator.sinks.base import FinishedTrial, TrialInfo, TrialOutcome
+from orchestrator.sinks.mlflow_view import browse_url
 
 __all__ = ["MlflowSink", "browse_url", "default_tracking_uri", "log_report",
            "mlflow_ui_command", "sweep_browse_url"]
@@ -97,7 +97,7 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     return (
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui "
         f"--backend-store-uri {shlex.quote(uri)} --workers 1 "
-        f"--host {_mlflow_view.UI_HOST} --port {_mlflow_view.UI_PORT}"
+        f"--host {mlflow_view.UI_HOST} --port {mlflow_view.UI_PORT}"
     )
 
 
@@ -114,7 +114,7 @@ def sweep_browse_url(tracking_uri: str, sweep_name: str, base: str | None = None
     """
     if base is None:
         web = tracking_uri.startswith(("http://", "https://"))
-        base = tracking_uri if web else _mlflow_view.UI_BASE
+        base = tracking_uri if web else mlflow_view.UI_BASE
     db = _sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
         # MlflowClient would create an empty store there.
@@ -126,7 +126,7 @@ def sweep_browse_url(tracking_uri: str, sweep_name: str, base: str | None = None
     if exp is None:
         raise LookupError(f"no MLflow experiment named {sweep_name!r} in {tracking_uri}")
     return browse_url(exp.experiment_id, base=base,
-                      saved_view=_mlflow_view.VIEW_TAG in exp.tags)
+                      saved_view=mlflow_view.VIEW_TAG in exp.tags)
 
 
 def log_report(tracking_uri: str, sweep_name: str, report_dir: str | os.PathLike) -> str:
@@ -268,7 +268,7 @@ class MlflowSink:
         exp = client.get_experiment_by_name(sweep_name)
         if exp is None:
             artifacts = (db.parent / ARTIFACTS_DIR / sweep_name).as_uri() if db else None
-            ui_tags = _mlflow_view.experiment_tags(_metric_name(metric), mode)
+            ui_tags = mlflow_view.experiment_tags(_metric_name(metric), mode)
             self.experiment_id = client.create_experiment(
                 sweep_name, artifact_location=artifacts,
                 tags={SWEEP_TAG: sweep_name, **ui_tags},
@@ -278,7 +278,7 @@ class MlflowSink:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
             # Also for experiments made before these tags existed; the metric may have changed.
-            for key, value in _mlflow_view.experiment_tags(
+            for key, value in mlflow_view.experiment_tags(
                     _metric_name(metric), mode, exp.tags).items():
                 client.set_experiment_tag(self.experiment_id, key, value)
 

@@ -48,14 +48,14 @@ import pyarrow.compute as pc
 
 from orchestrator._files import atomic_write_bytes
 from orchestrator._flatten import encode_value, flatten_config
-from orchestrator._parted import LOG_ROWS, PartedTable
 from orchestrator._provenance import (
     TRACKED_PACKAGES,
     provenance,
     spec_yaml_text,
     write_spec_yaml,
 )
-from orchestrator.events import FinishedTrial, TrialInfo, TrialOutcome, best_of
+from orchestrator.sinks.base import FinishedTrial, TrialInfo, TrialOutcome, best_of
+from orchestrator.sinks.parted import LOG_ROWS, PartedTable
 
 __all__ = [
     "CONFIG_PREFIX",
