@@ -261,7 +261,7 @@ def _scheduler(plan: Plan) -> Any:
     from orchestrator.trainable import EPOCH_KEY
 
     if plan.spec.asha_unit == "arm":
-        from orchestrator.arm_scheduler import ArmScheduler
+        from orchestrator.scheduling.arm_scheduler import ArmScheduler
 
         search = plan.spec.search
         return ArmScheduler(
@@ -271,7 +271,7 @@ def _scheduler(plan: Plan) -> Any:
             arms=[a.name for a in plan.arms], seeds=list(plan.spec.seeds),
             references=plan.references, protected=plan.protected,
             max_concurrent=plan.spec.run.max_concurrent, log_dir=str(sweep_dir(plan)))
-    from orchestrator._asha import RecordingASHA
+    from orchestrator.scheduling.asha import RecordingASHA
 
     return RecordingASHA(time_attr=EPOCH_KEY, max_t=plan.max_epochs,
                          grace_period=asha.grace_period,

@@ -69,9 +69,9 @@ class AshaSpec(_Strict):
     `unit` says what is judged at a rung. `arm` (the default for a designed study with more than
     one seed): whole arms, on their mean over seeds, once every live arm's seeds have reached the
     rung; an arm goes on or stops with all its seeds, and the reference arms (baseline, base arm,
-    every arm named in `references`) always go on (orchestrator/arm_scheduler.py). `trial` (the
-    default for a search or a single seed): Ray's asynchronous ASHA, each trial on its own.
-    `rule` (arm unit only): `halving` keeps the top 1/reduction_factor of the live arms at each
+    every arm named in `references`) always go on (orchestrator/scheduling/arm_scheduler.py).
+    `trial` (the default for a search or a single seed): Ray's asynchronous ASHA, each trial on its
+    own. `rule` (arm unit only): `halving` keeps the top 1/reduction_factor of the live arms at each
     rung; `paired-test` stops an arm when a one-sided paired t-test over its seeds says it is worse
     than its reference by more than `margin` (metric units) at `confidence`.
     """

@@ -118,7 +118,7 @@ def _print_plan(plan, console) -> None:
     if asha is None:
         sched = "none (every trial runs all its epochs)"
     else:
-        from orchestrator.racing import milestones
+        from orchestrator.scheduling.decisions import milestones
 
         rungs = milestones(asha.grace_period, asha.reduction_factor, plan.max_epochs)
         sched = (f"ASHA grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "

@@ -21,8 +21,8 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from orchestrator import report as report_mod
-from orchestrator.racing import Decision, write_decisions
 from orchestrator.report import ReportError, main, verdict_table, write_report
+from orchestrator.scheduling.decisions import Decision, write_decisions
 from orchestrator.sinks.base import TrialInfo, TrialOutcome
 from orchestrator.sinks.parquet import ParquetSink
 from trainers.config import apply_overrides, train_config_from_dict

@@ -2,7 +2,7 @@
 
 Ray's ASHA judges each trial on its own and by arrival order, so it stops some seeds of an arm and
 keeps others, and the survivors depend on timing. `ArmScheduler` is a Tune `TrialScheduler` that
-decides whole arms at rungs from frozen per-seed values (`racing.py`), rung-synchronously like
+decides whole arms at rungs from frozen per-seed values (`rungs.py`), rung-synchronously like
 HyperBand: a seed that reaches a rung before its arm can be decided is paused (with its
 checkpoint) and waits; the report that completes the group decides, stops every seed of a losing
 arm together (`stop_reasons` says why) and lets the winners' paused seeds resume. Reference arms
@@ -32,8 +32,8 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator import racing
-from orchestrator.racing import Decision, RungValue
+from orchestrator.scheduling import decisions as rungs
+from orchestrator.scheduling.decisions import Decision, RungValue
 
 __all__ = ["ArmScheduler"]
 
@@ -59,7 +59,7 @@ class ArmScheduler(TrialScheduler):
         self._metric, self._mode, self._time_attr = metric, mode, time_attr
         self._rule, self._confidence, self._margin = rule, confidence, margin
         self._eta = reduction_factor
-        self._milestones = racing.milestones(grace_period, reduction_factor, max_t)
+        self._milestones = rungs.milestones(grace_period, reduction_factor, max_t)
         self._arms = list(arms)
         self._seeds = [int(s) for s in seeds]
         self._references = dict(references)
@@ -225,7 +225,7 @@ class ArmScheduler(TrialScheduler):
                 new = True
         if new and self._log_dir:
             rows = [v for m in sorted(self._values) for v in self._values[m].values()]
-            racing.write_rungs(self._log_dir, rows)
+            rungs.write_rungs(self._log_dir, rows)
 
     def _priority(self, trial: Trial) -> tuple:
         """Arms that can be stopped first (their decisions free the most budget; reference arms
@@ -282,7 +282,7 @@ class ArmScheduler(TrialScheduler):
         if not made:
             return
         if self._log_dir:
-            racing.write_decisions(self._log_dir, sorted(
+            rungs.write_decisions(self._log_dir, sorted(
                 self._decisions.values(), key=lambda d: (d.rung, self._arms.index(d.arm))))
         for member, trial in list(self._trials.items()):
             if trial is not current and member[0] in self._stopped \
@@ -299,7 +299,7 @@ class ArmScheduler(TrialScheduler):
         values = {a: v for a in live if (v := self._rung_values(a, rung))}
         if not values:
             return []
-        return racing.decide_halving(
+        return rungs.decide_halving(
             rung=rung, milestone=milestone, values=values, order=self._arms,
             references=self._references, protected=self._protected,
             reduction_factor=self._eta, mode=self._mode, metric=self._metric, margin=self._margin)
@@ -314,7 +314,7 @@ class ArmScheduler(TrialScheduler):
                 continue
             arm_values = self._rung_values(arm, rung)
             if arm_values:
-                out.append(racing.decide_paired(
+                out.append(rungs.decide_paired(
                     rung=rung, milestone=milestone, arm=arm, reference=ref,
                     arm_values=arm_values, ref_values=self._rung_values(ref, rung),
                     protected=self._protected, confidence=self._confidence,
@@ -331,7 +331,7 @@ class ArmScheduler(TrialScheduler):
         self._loaded = True
         if not self._log_dir:
             return
-        values, decisions = racing.read_log(self._log_dir)
+        values, decisions = rungs.read_log(self._log_dir)
         for v in values:
             self._values.setdefault((v.arm, int(v.seed)), {})[int(v.rung)] = v
         for d in decisions:
