@@ -1,9 +1,10 @@
 """Orchestration overhead: the sweep runner (MLflow + Parquet + progress sinks) vs bare Ray Tune.
 
-Both sides run the same trials (the same planned grid of `orchestrator.trainable.run_trial`, the
-same resources, concurrency and `reuse_actors`) in one Ray session, alternating bare / orchestrated
-so that a slow period of a shared machine hits both. Tune's auto CSV/JSON/TensorBoard loggers are
-off on both sides (the runner switches them off), so the difference is what the orchestrator adds.
+Both sides run the same trials (the same planned grid of `orchestrator.tune.trainable.run_trial`,
+the same resources, concurrency and `reuse_actors`) in one Ray session, alternating bare /
+orchestrated so that a slow period of a shared machine hits both. Tune's auto
+CSV/JSON/TensorBoard loggers are off on both sides (the runner switches them off), so the
+difference is what the orchestrator adds.
 
 Measured per run:
 - wall: bare = building the Tuner + `fit()`; orchestrated = the whole `run_sweep()` call (storage
@@ -174,8 +175,8 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
     """The same trainable, grid and Tune settings, without the orchestrator's callback/sinks."""
     from ray import tune
 
-    from orchestrator.runner import _param_space
-    from orchestrator.trainable import run_trial
+    from orchestrator.tune.runner import _param_space
+    from orchestrator.tune.trainable import run_trial
 
     global _METER
     meter = _METER = _Meter()
@@ -265,7 +266,7 @@ def _bench_sinks(tracking_uri: str) -> list:
 
 
 def run_orchestrated(plan: Any) -> dict[str, float]:
-    from orchestrator.runner import run_sweep
+    from orchestrator.tune.runner import run_sweep
 
     global _METER
     meter = _METER = _Meter()

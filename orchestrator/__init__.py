@@ -23,8 +23,8 @@ _EXPORTS = {
     "Plan": "orchestrator.plan",
     "PlannedTrial": "orchestrator.plan",
     "build_plan": "orchestrator.plan",
-    "SweepResult": "orchestrator.runner",
-    "run_sweep": "orchestrator.runner",
+    "SweepResult": "orchestrator.tune.runner",
+    "run_sweep": "orchestrator.tune.runner",
     "Report": "orchestrator.report",
     "write_report": "orchestrator.report",
     "PlanError": "orchestrator.errors",
@@ -47,12 +47,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         build_plan as build_plan,
     )
     from orchestrator.report import Report as Report, write_report as write_report
-    from orchestrator.runner import SweepResult as SweepResult, run_sweep as run_sweep
     from orchestrator.spec import (
         SweepSpec as SweepSpec,
         load_spec as load_spec,
         spec_from_dict as spec_from_dict,
     )
+    from orchestrator.tune.runner import SweepResult as SweepResult, run_sweep as run_sweep
 
 
 def __getattr__(name: str) -> Any:

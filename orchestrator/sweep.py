@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             _print_plan(plan, console)
             return 0
-        from orchestrator.runner import check_storage, run_sweep
+        from orchestrator.tune.runner import check_storage, run_sweep
 
         target = check_storage(plan, resume=args.resume)
         if args.resume:

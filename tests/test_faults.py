@@ -3,7 +3,7 @@ checkpoint up to run.max_failures, then recorded as failed with its error (Parqu
 stop_reason, MLflow status, tag and a traceback artifact); the other trials complete and the
 sweep exits 1.
 
-Faults are injected with the test-only ORCHESTRATOR_TEST_FAULTS (orchestrator/trainable.py):
+Faults are injected with the test-only ORCHESTRATOR_TEST_FAULTS (orchestrator/tune/trainable.py):
 LocalViT's seed raises once after epoch 2 (retried: goes on from its epoch-2 checkpoint), the
 baseline's after epoch 1 and again after epoch 2 of its retry (max_failures 1: failed).
 """
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.sweep import main
-from orchestrator.trainable import FAULT_ENV, parse_faults
+from orchestrator.tune.trainable import FAULT_ENV, parse_faults
 from tiny_study import two_arm_spec
 
 pytestmark = pytest.mark.timeout(600)

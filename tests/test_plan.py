@@ -253,7 +253,7 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
 
     import ray.tune
 
-    from orchestrator import trainable
+    from orchestrator.tune import trainable
 
     train_mod = importlib.import_module("trainers.train")  # the package exports the function too
 
@@ -323,7 +323,7 @@ def test_a_resumed_sweep_keeps_the_arm_names_it_started_with(tmp_path):
     # its Tune trials, arm scheduler and rows carry them.
     from orchestrator._provenance import write_spec_yaml
     from orchestrator.plan import keep_recorded_names
-    from orchestrator.runner import _recorded_arms, _resolved_spec
+    from orchestrator.tune.runner import _recorded_arms, _resolved_spec
 
     spec = small_spec(axes={"model.backbone": ["pvt_micro", "localvit_pvt_micro"]},
                       references={"localvit_pvt_micro": "pvt_micro"})

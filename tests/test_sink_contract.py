@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from orchestrator.runner import _finished_trials
 from orchestrator.sinks.mlflow import MlflowSink
 from orchestrator.sinks.parquet import ParquetSink, read_epochs, read_trials
 from orchestrator.sinks.progress import ProgressSink
+from orchestrator.tune.runner import _finished_trials
 
 try:
     from sink_scenario import METRIC, feed, scenario

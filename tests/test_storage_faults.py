@@ -116,8 +116,12 @@ def test_a_cut_short_tune_session_is_set_aside_for_the_one_before(tmp_path):
     import pickle
 
     from orchestrator.plan import build_plan
-    from orchestrator.runner import _saved_state, _set_aside_damaged_state, _tune_experiment_dir
     from orchestrator.spec import load_spec
+    from orchestrator.tune.runner import (
+        _saved_state,
+        _set_aside_damaged_state,
+        _tune_experiment_dir,
+    )
 
     spec = tmp_path / "cut.yaml"
     spec.write_text(two_arm_spec("cut", "{}"))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from orchestrator._ray_compat import asha_judging, asha_pending_rung
+from orchestrator.tune.ray_compat import asha_judging, asha_pending_rung
 
 __all__ = ["RecordingASHA"]
 

@@ -28,7 +28,7 @@ from orchestrator.plan import Plan, keep_recorded_names
 from orchestrator.sinks.base import FinishedTrial, Sink, TrialOutcome
 
 if TYPE_CHECKING:
-    from orchestrator._callback import SinkCallback
+    from orchestrator.tune.callback import SinkCallback
 
 __all__ = ["SweepResult", "check_storage", "default_sinks", "run_sweep", "sweep_dir"]
 
@@ -146,7 +146,7 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
 
 def _saved_state(plan: Plan) -> bool:
     """Whether Tune saved this sweep's experiment (its tuner and a state snapshot)."""
-    from orchestrator._tune_state import has_saved_state
+    from orchestrator.tune.state import has_saved_state
 
     return has_saved_state(_tune_experiment_dir(plan))
 
@@ -183,14 +183,14 @@ def _quiet_ray() -> None:
     """Our own sinks own the console: Tune's tables, its CSV/JSON/TensorBoard loggers, its
     tracebacks of failed trials and its warnings stay off (the switches, and what each does in
     Ray: `_ray_compat.ENV_SWITCHES` and `QUIET_LOGGERS`)."""
-    from orchestrator._ray_compat import quiet_ray
+    from orchestrator.tune.ray_compat import quiet_ray
 
     quiet_ray()
 
 
 # What every trial imports: Ray's workers, started with the cluster while the driver plans, import
 # them first, so a trial's actor starts without importing torch, timm and the models (3 s each).
-TRIAL_MODULES = ("torch", "timm", "trainers", "orchestrator.trainable")
+TRIAL_MODULES = ("torch", "timm", "trainers", "orchestrator.tune.trainable")
 
 
 def _init_ray(address: str | None) -> None:
@@ -203,7 +203,7 @@ def _init_ray(address: str | None) -> None:
     else:
         # "local": a Ray of our own even when `ray start` left a cluster on this machine (a
         # bare ray.init() would join that one, which the user did not ask for).
-        from orchestrator._ray_compat import preloading_workers
+        from orchestrator.tune.ray_compat import preloading_workers
 
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR,
@@ -258,7 +258,7 @@ def _scheduler(plan: Plan) -> Any:
     asha = plan.spec.search.asha
     if asha is None:
         return None
-    from orchestrator.trainable import EPOCH_KEY
+    from orchestrator.tune.trainable import EPOCH_KEY
 
     if plan.spec.asha_unit == "arm":
         from orchestrator.scheduling.arm_scheduler import ArmScheduler
@@ -299,8 +299,8 @@ def run_sweep(
 
     One driver per sweep (`_lock.DriverLock`): a second one gets a StorageError naming the first.
     """
-    from orchestrator._cluster import check_capacity
-    from orchestrator._lock import DriverLock
+    from orchestrator.tune.cluster import check_capacity
+    from orchestrator.tune.lock import DriverLock
 
     target = check_storage(plan, resume=resume)
     # Ray first: whether a trial fits a node is known only then, and nothing is created before.
@@ -324,7 +324,7 @@ def _set_aside_damaged_state(plan: Plan) -> bool:
     """Tune's newest saved session cut short (a disk that filled up while Tune copied it)? Set
     it aside (`*.damaged`) so that Tune restores an older whole one if there is one. Whether
     anything was set aside."""
-    from orchestrator._tune_state import set_aside_damaged_sessions
+    from orchestrator.tune.state import set_aside_damaged_sessions
 
     return set_aside_damaged_sessions(_tune_experiment_dir(plan))
 
@@ -360,7 +360,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool, address: str | None,
     from ray import tune
 
     from orchestrator.sinks.mlflow import default_tracking_uri
-    from orchestrator.trainable import FAULT_ENV, run_trial
+    from orchestrator.tune.trainable import FAULT_ENV, run_trial
 
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
@@ -395,9 +395,9 @@ def _restored_tuner(plan: Plan, trainable: Any) -> tuple[Any, SinkCallback]:
     """The Tuner of an interrupted sweep, from its saved experiment, and the callback it runs."""
     from ray import tune
 
-    from orchestrator._callback import SinkCallback
-    from orchestrator._ray_compat import restored_run_parts
-    from orchestrator._tune_state import CheckpointKeeper
+    from orchestrator.tune.callback import SinkCallback
+    from orchestrator.tune.ray_compat import restored_run_parts
+    from orchestrator.tune.state import CheckpointKeeper
 
     tuner = tune.Tuner.restore(_tune_experiment_dir(plan), trainable, resume_unfinished=True,
                                resume_errored=True)
@@ -419,8 +419,8 @@ def _new_tuner(plan: Plan, trainable: Any, target: Path,
     """A Tuner for the plan's trials (those not in `skip`) and the callback feeding the sinks."""
     from ray import tune
 
-    from orchestrator._callback import SinkCallback
-    from orchestrator._tune_state import CheckpointKeeper
+    from orchestrator.tune.callback import SinkCallback
+    from orchestrator.tune.state import CheckpointKeeper
 
     spec = plan.spec
     scheduler = _scheduler(plan)

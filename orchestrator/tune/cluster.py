@@ -39,7 +39,7 @@ def _fits(resources: dict[str, float], cpu: float, gpu: float) -> bool:
 
 
 def _published_node_types() -> list[NodeType] | None:
-    from orchestrator._ray_compat import published_node_groups
+    from orchestrator.tune.ray_compat import published_node_groups
 
     groups = published_node_groups()
     if groups is None:

@@ -19,7 +19,6 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator._ray_compat import tune_result_keys
 from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
 from orchestrator.sinks.base import (
     FinishedTrial,
@@ -29,7 +28,8 @@ from orchestrator.sinks.base import (
     TrialStatus,
     is_better,
 )
-from orchestrator.trainable import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
+from orchestrator.tune.ray_compat import tune_result_keys
+from orchestrator.tune.trainable import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
 from trainers.config import TrainConfig
 
 __all__ = ["SinkCallback"]

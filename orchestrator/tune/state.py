@@ -27,7 +27,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator._files import filesystem
-from orchestrator._ray_compat import saved_checkpoint_paths
+from orchestrator.tune.ray_compat import saved_checkpoint_paths
 
 __all__ = ["DAMAGED_SUFFIX", "CheckpointKeeper", "experiment_files", "has_saved_state",
            "set_aside_damaged_sessions"]
