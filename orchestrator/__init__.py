@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "SweepSpec": "orchestrator.spec",
-    "load_spec": "orchestrator.spec",
-    "spec_from_dict": "orchestrator.spec",
+    "SweepSpec": "orchestrator.spec.model",
+    "load_spec": "orchestrator.spec.load",
+    "spec_from_dict": "orchestrator.spec.load",
     "Plan": "orchestrator.plan",
     "PlannedTrial": "orchestrator.plan",
     "build_plan": "orchestrator.plan",
@@ -47,11 +47,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         build_plan as build_plan,
     )
     from orchestrator.report import Report as Report, write_report as write_report
-    from orchestrator.spec import (
-        SweepSpec as SweepSpec,
-        load_spec as load_spec,
-        spec_from_dict as spec_from_dict,
-    )
+    from orchestrator.spec.load import load_spec as load_spec, spec_from_dict as spec_from_dict
+    from orchestrator.spec.model import SweepSpec as SweepSpec
     from orchestrator.tune.runner import SweepResult as SweepResult, run_sweep as run_sweep
 
 

@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import PlanError
-from orchestrator.spec import SweepSpec
+from orchestrator.spec.model import SweepSpec
 from trainers.config import ConfigError, TrainConfig, apply_overrides, format_validation_error
 
 __all__ = ["Arm", "Plan", "PlannedTrial", "SampleResolver", "build_plan", "format_overrides",
@@ -92,7 +92,7 @@ class SampleResolver:
     def __call__(self, sample: Mapping[str, Any]) -> TrainConfig:
         cfg = resolve_sample(self.search_base, sample)
         if self.smoke:
-            from orchestrator.smoke import shrink_config
+            from orchestrator.spec.smoke import shrink_config
 
             cfg = TrainConfig.model_validate(shrink_config(cfg.to_dict()))
         return cfg
@@ -348,7 +348,7 @@ def build_plan(
     Without `data_required` (a dry run, a cluster whose workers hold the data, --smoke) a dataset
     this machine cannot read becomes a plan warning and everything else is still checked.
     """
-    from orchestrator import smoke as smoke_mod
+    from orchestrator.spec import smoke as smoke_mod
 
     validate = validate or _trainer_validate
     base = dict(spec.base)

@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     from orchestrator.plan import build_plan
-    from orchestrator.smoke import shrink_spec
     from orchestrator.spec import load_spec
+    from orchestrator.spec.smoke import shrink_spec
 
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)

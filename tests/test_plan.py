@@ -8,8 +8,8 @@ import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import build_plan, resolve_sample, trial_key
-from orchestrator.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from orchestrator.spec import load_spec, spec_from_dict
+from orchestrator.spec.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from trainers.config import TrainConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

@@ -64,8 +64,8 @@ def mlflow_runs(storage: Path, stem: str) -> list:
 
 def planned_count(stem: str) -> int:
     from orchestrator.plan import build_plan
-    from orchestrator.smoke import shrink_spec
     from orchestrator.spec import load_spec
+    from orchestrator.spec.smoke import shrink_spec
 
     plan = build_plan(shrink_spec(load_spec(SPACES / f"{stem}.yaml")), source=stem, smoke=True)
     return plan.num_trials

@@ -60,8 +60,8 @@ class Published(_Strict):
 
 def load_published(path: str | os.PathLike[str]) -> Published:
     """Read and validate a published-results file; ReportError naming the file and key."""
-    from orchestrator._yaml import read_yaml
     from orchestrator.errors import SpecError
+    from orchestrator.spec.yaml_file import read_yaml
 
     path = Path(path)
     try:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.spec import SchedulerSpec, SweepSpec
+from orchestrator.spec.model import SchedulerSpec, SweepSpec
 
 __all__ = ["SMOKE_BATCH", "SMOKE_EPOCHS", "SMOKE_RECIPE", "SMOKE_STEPS_PER_EPOCH",
            "shrink_config", "shrink_spec"]
