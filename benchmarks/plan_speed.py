@@ -29,7 +29,7 @@ PHASES = r"""
 import io, sys, time
 t0 = time.perf_counter()
 from rich.console import Console
-from orchestrator.estimate import estimate_plan
+from orchestrator.plan.estimate import estimate_plan
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from orchestrator.sweep import _print_plan

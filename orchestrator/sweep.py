@@ -96,7 +96,7 @@ def _arm_table(plan, title: str, width: int):
 def _print_plan(plan, console) -> None:
     from rich.table import Table
 
-    from orchestrator.estimate import estimate_plan
+    from orchestrator.plan.estimate import estimate_plan
 
     spec = plan.spec
     est = estimate_plan(plan)

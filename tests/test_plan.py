@@ -253,6 +253,7 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
 
     import ray.tune
 
+    from orchestrator.plan import checks as plan_checks
     from orchestrator.tune import trainable
 
     train_mod = importlib.import_module("trainers.train")  # the package exports the function too
@@ -266,8 +267,14 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
     monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
     checks = []
     real_check = train_mod.validate_config
-    monkeypatch.setattr(train_mod, "validate_config", lambda cfg: (checks.append(cfg),
-                                                                   real_check(cfg))[1])
+
+    def counted_check(cfg):
+        checks.append(cfg)
+        real_check(cfg)
+
+    # The trainer's checks, wherever they are called from: the plan and the trainer itself.
+    monkeypatch.setattr(train_mod, "validate_config", counted_check)
+    monkeypatch.setattr(plan_checks, "validate_config", counted_check)
 
     plan = build_plan(spec, source="t.yaml")
     assert [a.name for a in plan.arms] == ["baseline", "base", "act=hs"]
@@ -316,34 +323,3 @@ def test_a_backbone_axis_names_its_arms_after_the_backbones():
     assert "localvit_pvt_micro,act=relu6" in [a.name for a in factorial.arms]
     arm = next(a for a in factorial.arms if a.name == "localvit_pvt_micro,act=relu6")
     assert arm.aliases == ("backbone=localvit_pvt_micro,act=relu6",)
-
-
-def test_a_resumed_sweep_keeps_the_arm_names_it_started_with(tmp_path):
-    # A sweep started when a backbone axis named its arms backbone=X resumes under those names:
-    # its Tune trials, arm scheduler and rows carry them.
-    from orchestrator._provenance import write_spec_yaml
-    from orchestrator.plan import keep_recorded_names
-    from orchestrator.tune.runner import _recorded_arms, _resolved_spec
-
-    spec = small_spec(axes={"model.backbone": ["pvt_micro", "localvit_pvt_micro"]},
-                      references={"localvit_pvt_micro": "pvt_micro"})
-    plan = build_plan(spec, source="t.yaml")
-    old = _resolved_spec(plan)
-    for t in old["plan"]["trials"]:
-        if t["arm"] in ("pvt_micro", "localvit_pvt_micro"):
-            t["arm"] = f"backbone={t['arm']}"
-    write_spec_yaml(tmp_path, old)
-    recorded = _recorded_arms(tmp_path)
-    assert len(recorded) == len(plan.trials)
-    kept = keep_recorded_names(plan, recorded)
-    assert [a.name for a in kept.arms] == ["baseline", "base", "backbone=pvt_micro",
-                                           "backbone=localvit_pvt_micro"]
-    assert kept.arms[3].aliases == ("localvit_pvt_micro",)
-    assert {(t.key, t.arm) for t in kept.trials} == set(recorded.items())
-    assert kept.references["backbone=localvit_pvt_micro"] == "backbone=pvt_micro"
-    assert "backbone=pvt_micro" in kept.protected
-    assert [t.key for t in kept.trials] == [t.key for t in plan.trials]
-    # Recorded under today's names (or nothing recorded): the plan is unchanged.
-    write_spec_yaml(tmp_path, _resolved_spec(plan))
-    assert keep_recorded_names(plan, _recorded_arms(tmp_path)) is plan
-    assert keep_recorded_names(plan, _recorded_arms(tmp_path / "none")) is plan

@@ -19,7 +19,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
+from orchestrator.plan.keys import trial_key
+from orchestrator.plan.model import PlannedTrial, SampleResolver
 from orchestrator.sinks.base import (
     FinishedTrial,
     Sink,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SpecError
-from orchestrator.plan import Plan
+from orchestrator.plan.model import Plan
 
 __all__ = ["NodeType", "check_capacity", "node_types"]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator._files import filesystem, is_uri
 from orchestrator.errors import ResumeError, StorageError
-from orchestrator.plan import Plan, keep_recorded_names
+from orchestrator.plan.model import Plan
 from orchestrator.sinks.base import FinishedTrial, Sink, TrialOutcome
 
 if TYPE_CHECKING:
@@ -310,8 +310,6 @@ def run_sweep(
     target.mkdir(parents=True, exist_ok=True)
     with DriverLock(target, f"{plan.source}: run.storage"):
         skip: frozenset[str] = frozenset()
-        if resume:
-            plan = keep_recorded_names(plan, _recorded_arms(target))
         resume = resume and _saved_state(plan)
         if resume and _set_aside_damaged_state(plan) and not _saved_state(plan):
             skip = _rerun_without_tune_state(plan, target, notify)
@@ -476,21 +474,6 @@ def _fit(tuner: Any, callback: SinkCallback) -> tuple[bool, int, str]:
         signal.signal(signal.SIGTERM, previous)
         callback.finish(interrupted=interrupted)
     return interrupted or callback.interrupted, num_errors, tune_error
-
-
-def _recorded_arms(target: Path) -> dict[str, str]:
-    """Trial key -> arm name as the sweep's spec.yaml recorded them at its first start ({} if
-    there is none or it cannot be read: the plan's names stand)."""
-    import yaml
-
-    from orchestrator._provenance import SPEC_FILE, parse_spec_yaml
-
-    try:
-        data = parse_spec_yaml((target / SPEC_FILE).read_text())
-        trials = data["plan"]["trials"]
-        return {str(t["key"]): str(t["arm"]) for t in trials}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
-        return {}
 
 
 def _finished_trials(target: Path) -> list[FinishedTrial]:

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.plan import PlannedTrial, SampleResolver, trial_key
+from orchestrator.plan.keys import trial_key
+from orchestrator.plan.model import PlannedTrial, SampleResolver
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig

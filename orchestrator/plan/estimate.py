@@ -13,12 +13,12 @@ assumed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from orchestrator.plan import Plan
-
-if TYPE_CHECKING:
-    from trainers.config import DataConfig, TrainConfig
+from orchestrator.plan.model import Plan
+from trainers import data as data_lib, profile
+from trainers.config import DataConfig, TrainConfig
+from trainers.train import resolve_img_size
 
 __all__ = ["Estimate", "estimate_plan"]
 
@@ -35,8 +35,6 @@ class Estimate:
 
 
 def _sizes(data: DataConfig) -> tuple[int, int, bool]:
-    from trainers import data as data_lib
-
     n_train = data_lib.train_size(data)
     if n_train is None:
         return (*_IMAGENET, True)
@@ -50,19 +48,15 @@ def _sizes(data: DataConfig) -> tuple[int, int, bool]:
 
 
 def _model_macs(tc: TrainConfig, counter: Any) -> tuple[str, int]:
-    from trainers.train import resolve_img_size
-
     img = resolve_img_size(tc)
     return f"{tc.model.backbone}@{img}px", counter.macs(tc.model, img)
 
 
 def estimate_plan(plan: Plan) -> Estimate:
-    from trainers.profile import MacCounter
-
     configs = [t.config for t in plan.trials]
     if not configs and plan.search_base is not None:
         configs = [plan.search_base] * plan.num_trials
-    counter = MacCounter(num_classes=10)
+    counter = profile.MacCounter(num_classes=10)
     # Trials of one arm differ only in their seed: model and data are worked out once per arm.
     per_config: dict[str, tuple[str, int, int, int, bool]] = {}
     idents: dict[tuple[int, int], str] = {}
