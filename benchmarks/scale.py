@@ -58,14 +58,14 @@ def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
     from orchestrator.sinks.base import TrialInfo, TrialOutcome
     from orchestrator.sinks.parquet import ParquetSink
     from orchestrator.spec import load_spec
-    from orchestrator.tune.runner import _resolved_spec
+    from orchestrator.tune.runner import resolved_spec
 
     t0 = time.perf_counter()
     plan = build_plan(load_spec(str(SPEC), []), source=str(SPEC), data_required=False)
     planned = plan.trials[:trials] if trials else plan.trials
     t1 = time.perf_counter()
     sink = ParquetSink()
-    sink.start(sweep_name=sweep_dir.name, storage_dir=str(sweep_dir), spec=_resolved_spec(plan),
+    sink.start(sweep_name=sweep_dir.name, storage_dir=str(sweep_dir), spec=resolved_spec(plan),
                metric="val/top1", mode="max", total_trials=len(planned))
     effects = {arm: random.Random(arm).gauss(0.0, 0.01) for arm in {p.arm for p in planned}}
     ends: list[float] = []

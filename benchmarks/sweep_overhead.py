@@ -175,7 +175,7 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
     """The same trainable, grid and Tune settings, without the orchestrator's callback/sinks."""
     from ray import tune
 
-    from orchestrator.tune.runner import _param_space
+    from orchestrator.tune.runner import param_space
     from orchestrator.tune.trainable import run_trial
 
     global _METER
@@ -186,7 +186,7 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
         tune.with_resources(
             tune.with_parameters(run_trial, configs=plan.configs, sampler=plan.sampler),
             {"cpu": spec.run.resources_per_trial.cpu}),
-        param_space=_param_space(plan),
+        param_space=param_space(plan),
         tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode,
                                     max_concurrent_trials=spec.run.max_concurrent,
                                     reuse_actors=True),

@@ -9,6 +9,7 @@ never in `__init__`. A sink that raises is switched off and its error kept for t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -30,7 +31,7 @@ from orchestrator.sinks.base import (
     is_better,
 )
 from orchestrator.tune.ray_compat import tune_result_keys
-from orchestrator.tune.trainable import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
+from orchestrator.tune.trial import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
 from trainers.config import TrainConfig
 
 __all__ = ["SinkCallback"]
@@ -180,8 +181,6 @@ class SinkCallback(Callback):
         """A resumed trial's checkpoint history (metrics.jsonl rows): its epochs before `before`
         go to the sinks as restored ones, which record those they lack (a killed driver had them
         in memory only) and show none."""
-        import json
-
         for line in filter(None, text.splitlines()):
             row = json.loads(line)
             epoch = int(row.pop("epoch"))

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import yaml
+
 from orchestrator.errors import SpecError
 from orchestrator.plan.model import Plan
+from orchestrator.tune.ray_compat import published_node_groups
 
 __all__ = ["NodeType", "check_capacity", "node_types"]
 
@@ -39,8 +43,6 @@ def _fits(resources: dict[str, float], cpu: float, gpu: float) -> bool:
 
 
 def _published_node_types() -> list[NodeType] | None:
-    from orchestrator.tune.ray_compat import published_node_groups
-
     groups = published_node_groups()
     if groups is None:
         return None
@@ -48,8 +50,6 @@ def _published_node_types() -> list[NodeType] | None:
 
 
 def _bootstrap_node_types(path: Path) -> list[NodeType] | None:
-    import yaml
-
     path = path.expanduser()
     if not path.is_file():
         return None
@@ -85,8 +85,6 @@ def check_capacity(plan: Plan, *, cluster: bool, notify: Callable[[str], None] |
                    bootstrap: Path = BOOTSTRAP_CONFIG) -> None:
     """Raise SpecError when no trial of `plan` could ever start on this Ray; `notify` (a line
     for the user) when trials will wait for the autoscaler to add a node."""
-    import ray
-
     res = plan.spec.run.resources_per_trial
     alive = _alive(ray.nodes())
     if any(_fits(n, res.cpu, res.gpu) for n in alive):

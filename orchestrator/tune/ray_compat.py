@@ -34,6 +34,7 @@ Not reaches, so not here: the public `TrialScheduler` interface that ArmSchedule
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -41,6 +42,8 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, NamedTuple
 
 import ray
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.utils.serialization import TuneFunctionDecoder
 
 if TYPE_CHECKING:
     from ray.tune import Callback, Tuner
@@ -159,10 +162,6 @@ def saved_checkpoint_paths(state_text: str) -> dict[str, str | None]:
     restore takes its `latest_checkpoint_result` (`Trial.checkpoint`). Raises ValueError on a
     state that is not whole.
     """
-    import json
-
-    from ray.tune.utils.serialization import TuneFunctionDecoder
-
     decoder = TuneFunctionDecoder(allow_cloudpickle=True)
     paths: dict[str, str | None] = {}
     for trial_json, metadata_json in json.loads(state_text)["trial_data"]:
@@ -189,8 +188,6 @@ def tune_result_keys() -> frozenset[str]:
     """The keys Tune puts in a trial's result besides what the trainable reported: the
     auto-filled ones (`ray.tune.result.AUTO_RESULT_KEYS`: iteration, times, host, pid, config,
     ...) and the controller's bookkeeping (`done`, `trial_id`, `experiment_tag`, ...)."""
-    from ray.tune.result import AUTO_RESULT_KEYS
-
     return frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag",
                                           "should_checkpoint", "episodes_this_iter",
                                           "timesteps_this_iter"}

@@ -18,12 +18,14 @@ instead, never one that a saved state in the storage names.
 
 from __future__ import annotations
 
+import json
 import pickletools
 import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from orchestrator._files import filesystem
@@ -41,8 +43,6 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 def experiment_files(experiment_dir: str) -> tuple[Any, list[Any]]:
     """(pyarrow filesystem, the files directly in Tune's experiment folder, by name)."""
-    import pyarrow.fs as pafs
-
     fs, path = filesystem(experiment_dir)
     found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return fs, sorted((i for i in found if i.type == pafs.FileType.File),
@@ -63,8 +63,6 @@ def _whole(name: str, data: bytes) -> bool:
     """Whether a saved file is complete: the experiment state parses as JSON; the others are
     pickles (whatever their extension), whose opcodes must run to the STOP opcode. Nothing is
     unpickled."""
-    import json
-
     try:
         if _is_state(name):
             json.loads(data)
@@ -188,8 +186,6 @@ class CheckpointKeeper(Callback):
         """Prune the given trials' checkpoint folders now; the folders deleted. A folder numbered
         past the trial's newest registered checkpoint is one being written: it is kept and does
         not count among the newest `keep`."""
-        import pyarrow.fs as pafs
-
         self._last = time.monotonic()
         fs, files = experiment_files(self._experiment_dir)
         referenced = self._referenced(fs, files, newest_state_only)

@@ -19,84 +19,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.plan.keys import trial_key
-from orchestrator.plan.model import PlannedTrial, SampleResolver
+import ray
+import torch
+from ray import tune
+
+from orchestrator.plan.model import SampleResolver
+from orchestrator.tune.trial import (
+    EPOCH_KEY,
+    NODE_KEY,
+    RESTORED_KEY,
+    ReporterWrapper,
+    identify,
+)
+from trainers.train import METRICS_FILE, train
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
 
-__all__ = ["EPOCH_KEY", "FAULT_ENV", "NODE_KEY", "RESTORED_KEY", "InjectedFault", "TuneReporter",
-           "fit_to_resources", "identify", "run_trial"]
-
-# The result key ASHA counts in: the trainer's epoch, which survives a resume unchanged.
-EPOCH_KEY = "epoch"
-# The Ray node id of the worker that trained the epoch (a string: never taken for a metric).
-NODE_KEY = "node_id"
-# In a resumed trial's first result: the epochs its checkpoint holds (JSON rows), so that the
-# driver records those a killed driver received but never wrote.
-RESTORED_KEY = "restored_epochs"
-
-# Test-only fault injection, never set in normal use: read by the driver when the sweep starts
-# and shipped to the trials. `ARM/SEED@EPOCH*TIMES;...:DIR`: the trial of that arm and seed raises
-# InjectedFault right after reporting an epoch >= EPOCH (its checkpoint saved), TIMES times in
-# all (a retry resumes past the epoch that failed); DIR keeps one marker file per firing, so the
-# count survives Tune's retries.
-FAULT_ENV = "ORCHESTRATOR_TEST_FAULTS"
-
-
-class InjectedFault(RuntimeError):
-    """The failure that FAULT_ENV asked for (tests only)."""
-
-
-def parse_faults(value: str | None) -> tuple[dict[tuple[str, int], tuple[int, int]], str] | None:
-    """FAULT_ENV's value -> ({(arm, seed): (epoch, times)}, marker dir), or None when unset."""
-    if not value:
-        return None
-    entries, _, marker_dir = value.rpartition(":")
-    faults = {}
-    for entry in filter(None, entries.split(";")):
-        who, _, when = entry.partition("@")
-        arm, _, seed = who.rpartition("/")
-        epoch, _, times = when.partition("*")
-        faults[(arm, int(seed))] = (int(epoch), int(times or 1))
-    return faults, marker_dir
-
-
-class _FaultyReporter:
-    """Forwards to Tune, then raises InjectedFault after the chosen epoch (tests only)."""
-
-    def __init__(self, inner: Any, trial: PlannedTrial, epoch: int, times: int, marker_dir: str):
-        self._inner, self._trial, self._epoch, self._times = inner, trial, epoch, times
-        self._dir = Path(marker_dir)
-
-    def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
-        self._inner.report(metrics, epoch=epoch, checkpoint_dir=checkpoint_dir)
-        if epoch < self._epoch:
-            return
-        fired = sorted(self._dir.glob(f"{self._trial.key}-*"))
-        if len(fired) < self._times:
-            (self._dir / f"{self._trial.key}-{len(fired) + 1}").touch()
-            raise InjectedFault(f"injected fault {len(fired) + 1} of {self._times} after epoch "
-                                f"{epoch} of {self._trial.arm}/seed{self._trial.seed}")
-
-
-def identify(config: Mapping[str, Any], *, configs: Mapping[str, TrainConfig] | None = None,
-             sampler: SampleResolver | None = None) -> PlannedTrial:
-    """The planned trial a Tune config stands for (arm, seed, resolved config, key): a planned
-    trial's config by its key from `configs` (the plan's, validated there), a search sample's
-    from `sampler`."""
-    if "trial" in config:
-        t = config["trial"]
-        if configs is None or t["key"] not in configs:
-            raise ValueError(f"trial {t['key']} ({t['arm']}, seed {t['seed']}) is not in the "
-                             f"plan's configs")
-        return PlannedTrial(t["key"], t["arm"], int(t["seed"]), configs[t["key"]],
-                            tuple(t["aliases"]))
-    if sampler is None:
-        raise ValueError("a sampled trial config needs the search base it was sampled into")
-    cfg = sampler({k: v for k, v in config.items() if k != "trial"})
-    return PlannedTrial(trial_key(cfg), "hpo", cfg.seed, cfg)
-
+__all__ = ["TuneReporter", "fit_to_resources", "run_trial"]
 
 class TuneReporter:
     """trainers.train.Reporter that forwards each epoch to Ray Tune with its checkpoint; the
@@ -107,9 +47,6 @@ class TuneReporter:
         self._restored = restored
 
     def report(self, metrics: dict[str, float], *, epoch: int, checkpoint_dir: str | None) -> None:
-        import ray
-        from ray import tune
-
         result: dict[str, Any] = {**metrics, EPOCH_KEY: epoch,
                                   NODE_KEY: ray.get_runtime_context().get_node_id()}
         if self._restored is not None:
@@ -120,8 +57,6 @@ class TuneReporter:
 
 def _trial_resources() -> tuple[int, float] | None:
     """(CPUs, GPUs) Ray gave this trial, or None outside a trial (a direct call in a test)."""
-    from ray import tune
-
     try:
         resources = tune.get_context().get_trial_resources().required_resources
     except Exception:  # noqa: BLE001 - outside a trial: torch's defaults
@@ -143,26 +78,18 @@ def fit_to_resources(cfg: TrainConfig, cpus: int, gpus: float) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
-def _reporter(trial: PlannedTrial, faults: str | None, restored: str | None = None) -> Any:
-    reporter: Any = TuneReporter(restored)
-    injected = parse_faults(faults)
-    if injected and (trial.arm, trial.seed) in injected[0]:
-        reporter = _FaultyReporter(reporter, trial, *injected[0][(trial.arm, trial.seed)],
-                                   marker_dir=injected[1])
-    return reporter
-
-
 def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None = None,
-              sampler: SampleResolver | None = None, faults: str | None = None) -> None:
+              sampler: SampleResolver | None = None,
+              wrap_reporter: ReporterWrapper | None = None) -> None:
     """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any. Its
     config was validated when the plan was built (a sample's by the sampler): it is not checked
     again here."""
-    import torch
-    from ray import tune
-
-    from trainers.train import METRICS_FILE, train
-
     trial = identify(config, configs=configs, sampler=sampler)
+
+    def reporter(restored: str | None = None) -> Any:
+        tune_reporter = TuneReporter(restored)
+        return tune_reporter if wrap_reporter is None else wrap_reporter(tune_reporter, trial)
+
     cfg = trial.config
     given = _trial_resources()
     if given is not None:
@@ -172,12 +99,12 @@ def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None 
     out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial.key}-"))
     try:
         if checkpoint is None:
-            train(cfg, _reporter(trial, faults), out_dir=out_dir, checked=True)
+            train(cfg, reporter(), out_dir=out_dir, checked=True)
         else:
             with checkpoint.as_directory() as ckpt_dir:
                 history = Path(ckpt_dir) / METRICS_FILE
                 restored = history.read_text() if history.is_file() else None
-                train(cfg, _reporter(trial, faults, restored), out_dir=out_dir,
+                train(cfg, reporter(restored), out_dir=out_dir,
                       resume_from=ckpt_dir, checked=True)
     finally:
         # Tune has copied every reported checkpoint into the sweep's storage already.
