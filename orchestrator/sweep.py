@@ -212,7 +212,7 @@ def _catch_up_mlflow(sweep_dir, err) -> None:
 def _print_summary(plan, result, spec_path, console, err) -> None:
     """The study's answer (the report's verdict table), where everything is, how to browse."""
     from orchestrator.report import ReportError, verdict_table, write_report
-    from orchestrator.sinks.mlflow import log_report, mlflow_ui_command, sweep_browse_url
+    from orchestrator.sinks.mlflow_store import log_report, mlflow_ui_command, sweep_browse_url
 
     for problem in result.storage_errors:
         err.print(f"error: storage: {problem}. Every table written there before is whole; make "

@@ -185,7 +185,7 @@ def test_verify_reports_a_cpu_sweep_checked_as_a_gpu_one(cpu_sweep):
 def test_verify_reports_trials_missing_from_parquet_and_mlflow(cpu_sweep):
     from mlflow import MlflowClient
 
-    from orchestrator.sinks.mlflow import default_tracking_uri
+    from orchestrator.sinks.mlflow_store import default_tracking_uri
 
     sweep_dir, planned = cpu_sweep
     extra = dict(planned, deadbeef="ghost/seed9")

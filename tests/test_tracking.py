@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.sinks.mlflow import MlflowSink, default_tracking_uri, mlflow_ui_command
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import default_tracking_uri, mlflow_ui_command
 from orchestrator.sinks.parquet import ParquetSink, read_trials
 
 try:

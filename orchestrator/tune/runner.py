@@ -19,7 +19,8 @@ from ray import tune
 
 from orchestrator.plan.model import Plan
 from orchestrator.sinks.base import Sink, TrialOutcome
-from orchestrator.sinks.mlflow import MlflowSink, default_tracking_uri
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import default_tracking_uri
 from orchestrator.sinks.parquet import ParquetSink
 from orchestrator.sinks.progress import ProgressSink
 from orchestrator.tune.callback import SinkCallback
