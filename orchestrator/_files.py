@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 __all__ = ["atomic_write_bytes", "filesystem", "is_uri"]
 
 
@@ -19,8 +21,6 @@ def is_uri(location: str) -> bool:
 
 def filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
-    import pyarrow.fs as pafs
-
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), location

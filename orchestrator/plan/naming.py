@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.errors import PlanError
 from orchestrator.spec.model import SweepSpec
+from trainers._mapping import flatten
 
 __all__ = ["Point", "design_points", "format_overrides"]
 
@@ -36,14 +37,6 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def _flat_items(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for k, v in mapping.items():
-        if isinstance(v, Mapping) and v:
-            yield from _flat_items(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def _short_names(keys: Iterable[str]) -> dict[str, str]:
     """`model.locality.act` -> `act`, unless two axes share a last part (then the full key)."""
     keys = list(keys)
@@ -57,7 +50,7 @@ def format_overrides(overrides: Mapping[str, Any]) -> list[str]:
     out = []
     for key, value in overrides.items():
         if isinstance(value, Mapping) and value:
-            out += [f"{key}.{k}={_render(v)}" for k, v in _flat_items(value)]
+            out += [f"{key}.{k}={_render(v)}" for k, v in flatten(value).items()]
         else:
             out.append(f"{key}={_render(value)}")
     return out
@@ -65,7 +58,7 @@ def format_overrides(overrides: Mapping[str, Any]) -> list[str]:
 
 def _label(short: str, value: Any) -> str:
     if isinstance(value, Mapping) and value:
-        return ",".join(f"{k}={_render(v)}" for k, v in _flat_items(value))
+        return ",".join(f"{k}={_render(v)}" for k, v in flatten(value).items())
     return f"{short}={_render(value)}"
 
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 
+from orchestrator._provenance import parse_spec_yaml
 from orchestrator.errors import SweepError
+from orchestrator.sinks.parquet import read_epochs, read_trials, table_exists
 
 __all__ = ["ArmInfo", "ReportError", "SweepInputs", "canonical", "load_sweep"]
 
@@ -85,8 +88,6 @@ def _read_spec(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{path}: not found; the sweep writes its resolved spec there when it "
                           f"starts: pass the sweep's own folder (<storage>/<name>/)")
-    from orchestrator._provenance import parse_spec_yaml
-
     try:
         data = parse_spec_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -99,8 +100,6 @@ def _read_spec(directory: Path) -> dict[str, Any]:
 
 
 def _read_table(directory: Path, name: str, reader) -> Any:
-    from orchestrator.sinks.parquet import table_exists
-
     path = directory / name
     if not table_exists(directory, name):
         raise ReportError(f"{path}: not found; the sweep writes it as trials finish: run the "
@@ -117,8 +116,6 @@ def _read_decisions(directory: Path) -> Any | None:
     path = directory / DECISIONS_FILE
     if not path.is_file():
         return None
-    import pyarrow.parquet as pq
-
     try:
         return pq.read_table(path).to_pandas()
     except Exception as exc:  # noqa: BLE001 - as in _read_table: any failure is a damaged file
@@ -170,8 +167,6 @@ def _arms(spec: Mapping[str, Any], trials: Any, axes: Mapping[str, list[Any]]
 
 def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     """Read and check a sweep folder; ReportError (naming the file) if it cannot be reported."""
-    from orchestrator.sinks.parquet import read_epochs, read_trials
-
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise ReportError(f"{directory}: no such sweep folder; pass <storage>/<name>/ of a sweep "

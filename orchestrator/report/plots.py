@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = ["MAX_CURVES", "MAX_LABELS", "MAX_PANELS", "MAX_ROWS", "curve_plot", "difference_plot",
            "search_plots", "size_plots"]
@@ -40,8 +42,6 @@ _DPI = 110
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
@@ -147,8 +147,6 @@ def _curves(by_trial: dict[str, pd.DataFrame], keys: Sequence[str],
 
 def curve_plot(df: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame, metric: str,
                out: Path) -> list[Path]:
-    from matplotlib.ticker import MaxNLocator
-
     if metric not in epochs.columns:
         return []
     live = trials[trials["status"] != "failed"]
@@ -234,8 +232,6 @@ def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path) -> list
 def search_plots(ranked: pd.DataFrame, kinds: dict[str, str], epochs: pd.DataFrame,
                  metric: str, out: Path) -> list[Path]:
     """`kinds`: searched key -> its domain kind (loguniform gets a log axis)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
     written = []
     keys = [k for k in kinds if k in ranked.columns]
     if keys:

@@ -16,8 +16,10 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.errors import SpecError
 from orchestrator.report.inputs import ReportError, SweepInputs
 from orchestrator.report.render import Table, cells
+from orchestrator.spec.yaml_file import read_yaml
 from trainers.config import format_validation_error
 
 __all__ = ["Published", "PublishedEntry", "comparison_table", "load_published"]
@@ -60,9 +62,6 @@ class Published(_Strict):
 
 def load_published(path: str | os.PathLike[str]) -> Published:
     """Read and validate a published-results file; ReportError naming the file and key."""
-    from orchestrator.errors import SpecError
-    from orchestrator.spec.yaml_file import read_yaml
-
     path = Path(path)
     try:
         raw = read_yaml(path)

@@ -21,7 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import pandas as pd
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
 from orchestrator.report.inputs import SweepInputs, canonical
 from orchestrator.report.render import Table, cells
@@ -74,16 +77,12 @@ def ranked_trials(inputs: SweepInputs) -> pd.DataFrame:
 
 
 def _distribution(kind: str, values: Any):
-    from optuna.distributions import FloatDistribution, IntDistribution
-
     if kind == "loguniform":
         return FloatDistribution(float(values[0]), float(values[1]), log=True)
     if kind == "uniform":
         return FloatDistribution(float(values[0]), float(values[1]))
     if kind == "randint":
         return IntDistribution(int(values[0]), int(values[1]))
-    from optuna.distributions import CategoricalDistribution
-
     return CategoricalDistribution([_categorical(v) for v in values])
 
 
@@ -103,9 +102,6 @@ def importances(inputs: SweepInputs, ranked: pd.DataFrame) -> tuple[dict[str, fl
     varying = [k for k in keys if done[k].map(canonical).nunique() > 1]
     if not varying:
         return None, "none: no searched parameter took more than one value in the completed trials"
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
     dists = {k: _distribution(*inputs.space[k]) for k in keys}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

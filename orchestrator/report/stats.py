@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "ALPHA",
@@ -87,8 +89,6 @@ def _finite(values: Sequence[float]) -> np.ndarray:
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     """n, mean, sample SD (ddof 1) and the Student-t interval of the mean; NaN values count as
     missing."""
-    from scipy import stats
-
     arr = _finite(values)
     arr = arr[~np.isnan(arr)]
     n = int(arr.size)
@@ -107,16 +107,12 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
 def wilcoxon_min_p(n: int) -> float:
     """Smallest two-sided p the exact Wilcoxon signed-rank test can give with n non-zero paired
     differences (every difference of one sign), computed by scipy itself: 2 / 2^n."""
-    from scipy import stats
-
     if n < 1:
         return 1.0
     return float(stats.wilcoxon(np.arange(1.0, n + 1.0), method="exact").pvalue)
 
 
 def _wilcoxon(diffs: np.ndarray, alpha: float) -> tuple[float | None, str]:
-    from scipy import stats
-
     nonzero = int(np.count_nonzero(diffs))
     floor = wilcoxon_min_p(nonzero)
     if floor >= alpha:
@@ -131,8 +127,6 @@ def _wilcoxon(diffs: np.ndarray, alpha: float) -> tuple[float | None, str]:
 def paired_comparison(arm: Sequence[float], reference: Sequence[float], *,
                       confidence: float = 0.95, alpha: float = ALPHA) -> PairedComparison:
     """Paired comparison of `arm` with `reference` (equal length, aligned by seed, no NaN)."""
-    from scipy import stats
-
     a, r = _finite(arm), _finite(reference)
     if a.shape != r.shape:
         raise ValueError(f"paired values need equal lengths but got {a.size} and {r.size}")
@@ -166,8 +160,6 @@ def paired_comparison(arm: Sequence[float], reference: Sequence[float], *,
 def holm(p_values: Sequence[float | None], alpha: float = ALPHA) -> list[float | None]:
     """Holm-adjusted p-values (statsmodels `multipletests(method="holm")`) over the given ones;
     None or NaN entries are not tests and stay None."""
-    from statsmodels.stats.multitest import multipletests
-
     tested = [(i, p) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
     out: list[float | None] = [None] * len(p_values)
     if not tested:

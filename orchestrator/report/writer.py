@@ -35,11 +35,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table as RichTable
 
-from orchestrator.report import stats
+from orchestrator.report import plots, stats, tables
 from orchestrator.report.arms import ARMS_CSV_COLUMNS, arm_rows
 from orchestrator.report.inputs import ReportError, SweepInputs, load_sweep
+from orchestrator.report.published import comparison_table, load_published
 from orchestrator.report.render import Document, Figure, to_html, to_latex, to_markdown
+from orchestrator.report.search import search_result, search_tables
+from orchestrator.report.tables import fmt_p, fmt_value, short_names, wants_backbone_table
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -101,8 +107,6 @@ _CAVEATS = (
 
 def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_to,
                      figures: Sequence[Path]) -> tuple[Document, pd.DataFrame | None]:
-    from orchestrator.report import tables
-
     doc = Document(f"Report: sweep {inputs.name}")
     doc.text(_intro(inputs, df))
     doc.heading("Verdicts")
@@ -119,8 +123,6 @@ def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_t
         doc.add(tables.backbone_table(inputs, df))
     rows = None
     if published is not None:
-        from orchestrator.report.published import comparison_table
-
         doc.heading("Published results")
         table, rows = comparison_table(inputs, df, published, str(compare_to))
         doc.add(table)
@@ -137,19 +139,17 @@ def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_t
 
 
 def _search_document(inputs: SweepInputs, result, figures: Sequence[Path]) -> Document:
-    from orchestrator.report.search import search_tables
-
     doc = Document(f"Report: search {inputs.name}")
     space = "; ".join(f"{k}: {kind} {values}" for k, (kind, values) in inputs.space.items())
     doc.text(f"Search {inputs.name}: {len(inputs.trials)} trials ({_counts(inputs)}) over "
              f"{space}. Metric: {inputs.metric} ({inputs.mode}), final value of each trial. "
              f"Every trial is one sample: there are no arms to average or to test.")
     doc.heading("Trials")
-    tables = search_tables(inputs, result)
-    doc.add(tables[0])
+    found = search_tables(inputs, result)
+    doc.add(found[0])
     doc.heading("Parameter importances")
     if result.importances:
-        doc.add(tables[1])
+        doc.add(found[1])
     else:
         doc.text(f"Parameter importances: {result.importance_note}.")
     doc.heading("Plots")
@@ -174,9 +174,6 @@ def _write_documents(doc: Document, stem: str, out: Path) -> list[Path]:
 
 
 def _build_design(inputs: SweepInputs, out: Path, published, compare_to) -> dict[str, Any]:
-    from orchestrator.report import plots
-    from orchestrator.report.tables import wants_backbone_table
-
     df = arm_rows(inputs)
     files = [out / "arms.csv"]
     df[list(ARMS_CSV_COLUMNS)].to_csv(files[0], index=False)
@@ -192,9 +189,6 @@ def _build_design(inputs: SweepInputs, out: Path, published, compare_to) -> dict
 
 
 def _build_search(inputs: SweepInputs, out: Path) -> dict[str, Any]:
-    from orchestrator.report import plots
-    from orchestrator.report.search import search_result
-
     result = search_result(inputs)
     files = [out / "trials.csv"]
     result.ranked.drop(columns=["stop_reason"]).to_csv(files[0], index=False)
@@ -234,8 +228,6 @@ def write_report(sweep_dir: str | os.PathLike, *, compare_to: str | os.PathLike 
     inputs = load_sweep(sweep_dir)
     published = None
     if compare_to is not None:
-        from orchestrator.report.published import load_published
-
         published = load_published(compare_to)
     final = inputs.directory / REPORT_DIR
     tmp = inputs.directory / f".{REPORT_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -255,19 +247,12 @@ def write_report(sweep_dir: str | os.PathLike, *, compare_to: str | os.PathLike 
 # ------------------------------------------------------------------------------------ terminal
 
 def _fmt(x: Any, signed: bool = False) -> str:
-    from orchestrator.report.tables import fmt_value
-
     return fmt_value(x, signed=signed)
 
 
 def verdict_table(report: Report, max_rows: int = 15):
     """A rich Table for the terminal: per arm its reference, n (completed/stopped), mean ± std,
     difference, Holm p and verdict; for a search, the best trials with their sampled values."""
-    from rich import box
-    from rich.table import Table as RichTable
-
-    from orchestrator.report.tables import fmt_p
-
     if report.kind == "search":
         assert report.search is not None, "a search report has its SearchResult"
         ranked = report.search.ranked
@@ -277,8 +262,6 @@ def verdict_table(report: Report, max_rows: int = 15):
         table = RichTable(title=f"{report.sweep}: best trials by {report.metric} "
                                 f"({report.mode})", title_justify="left", box=box.SIMPLE_HEAD,
                       pad_edge=False, collapse_padding=True)
-        from orchestrator.report.tables import short_names
-
         short = short_names(keys)
         for col in ("rank", "trial", "status", report.metric, *(short[k] for k in keys)):
             table.add_column(col, justify="right" if col in ("rank", report.metric) else "left",
@@ -330,8 +313,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.console import Console
-
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     try:

@@ -35,6 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import stats
+
+from orchestrator._files import atomic_write_bytes
+
 __all__ = [
     "DECISIONS_FILE",
     "RUNGS_FILE",
@@ -124,8 +130,6 @@ def _diff_stats(diffs: Sequence[float], margin: float
     sd = statistics.stdev(diffs)
     if sd <= 1e-12:     # equal differences up to rounding: irace's zero-variance rule
         return d, 0.0, None, (0.0 if d < -margin else 1.0)
-    from scipy import stats
-
     res = stats.ttest_1samp([x + margin for x in diffs], 0.0, alternative="less")
     return d, sd, float(res.statistic), float(res.pvalue)
 
@@ -216,19 +220,12 @@ def decide_paired(*, rung: int, milestone: int, arm: str, reference: str,
 # ------------------------------------------------------------------------------------------ log
 
 def _schema(cls):
-    import pyarrow as pa
-
     kinds = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(),
              "float | None": pa.float64()}
     return pa.schema([pa.field(f.name, kinds[str(f.type)]) for f in fields(cls)])
 
 
 def _write(path: Path, cls, rows: Sequence) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from orchestrator._files import atomic_write_bytes
-
     table = pa.Table.from_pylist([asdict(r) for r in rows], schema=_schema(cls))
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
@@ -245,8 +242,6 @@ def write_decisions(directory: str | Path, rows: Sequence[Decision]) -> None:
 
 def read_log(directory: str | Path) -> tuple[list[RungValue], list[Decision]]:
     """The rung values and decisions recorded in `directory` (empty lists if none yet)."""
-    import pyarrow.parquet as pq
-
     out: list[list] = []
     for name, cls in ((RUNGS_FILE, RungValue), (DECISIONS_FILE, Decision)):
         path = Path(directory) / name

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec.model import SchedulerSpec, SweepSpec
+from trainers import registry
+from trainers.config import switch_recipe
+from trainers.locality import resolve_layers
 
 __all__ = ["SMOKE_BATCH", "SMOKE_EPOCHS", "SMOKE_RECIPE", "SMOKE_STEPS_PER_EPOCH",
            "shrink_config", "shrink_spec"]
@@ -47,8 +50,6 @@ def _layer_map(block: int, depth_from: int, depth_to: int) -> int:
 
 
 def _shrink_layers(layers: Any, depth_from: int, depth_to: int) -> Any:
-    from trainers.locality import resolve_layers
-
     if depth_from == depth_to or layers in (None, "all", "none"):
         return layers
     blocks = sorted(resolve_layers(layers, depth_from))          # 0-based
@@ -60,9 +61,6 @@ def _shrink_layers(layers: Any, depth_from: int, depth_to: int) -> Any:
 
 def shrink_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved TrainConfig dict -> the same trial at CPU-minutes scale (idempotent)."""
-    from trainers import registry
-    from trainers.recipes import switch_recipe
-
     out = switch_recipe(cfg, SMOKE_RECIPE)
     model = out["model"]
     source = model["backbone"]

@@ -33,6 +33,7 @@ import torch
 from trainers import data as data_lib
 from trainers._checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainers._engine import EpochStats, StepContext, TrialDiverged, evaluate, train_one_epoch
+from trainers._mapping import flatten
 from trainers.config import ConfigError, TrainConfig
 
 __all__ = [
@@ -140,16 +141,7 @@ def check_resume(cfg: TrainConfig, resume_from: str | Path) -> None:
 
 
 def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig) -> None:
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, Mapping) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(saved), flat(cfg.to_dict())
+    a, b = flatten(saved), flatten(cfg.to_dict())
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RUNTIME_KEYS)
     if diff:
         shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:5])
