@@ -9,7 +9,7 @@ disturbed steps) and the median of the per-round ratios, and the 1-minute load a
 after. The comparisons:
 
 - each (baseline, LocalViT) model pair, DeiT-T vs LocalViT-T at 224 px first;
-- LocalViT-T as built here vs a straightforward LocalViT-T written in this file from REFERENCE.md
+- LocalViT-T as built here vs a straightforward LocalViT-T written in this file from docs/paper.md
   (timm's ViT with plain blocks: attention, then the FFN as an nn.Sequential on the token grid);
 - the locality FFN alone (dim 192, gamma 4, h-swish + SE, 16 x 197 tokens) vs the same
   straightforward FFN, and vs the LayerNorm + GELU MLP it replaces in a DeiT-T block.
@@ -74,7 +74,7 @@ class StraightSE(nn.Module):
 
 
 class StraightFFN(nn.Module):
-    """REFERENCE.md section 2 written the plainest way: class token split off, tokens to a square
+    """docs/paper.md section 2 written the plainest way: class token split off, tokens to a square
     grid, 1x1 conv-BN-hs, 3x3 dw conv-BN-hs, SE, 1x1 conv-BN, residual, back to tokens."""
 
     def __init__(self, dim: int, gamma: int = 4, se_hidden: int = 4) -> None:

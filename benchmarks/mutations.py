@@ -51,7 +51,7 @@ TRAIN = "trainers/train/__init__.py"
 
 
 MUTATIONS: list[Mutation] = [
-    # ---- the locality FFN (trainers/locality.py; REFERENCE.md section 2) ----
+    # ---- the locality FFN (trainers/locality.py; docs/paper.md section 2) ----
     Mutation("locality-residual-dropped", "trainers/locality.py",
              "img = img + self.conv(img)", "img = self.conv(img)",
              "the locality FFN loses its own residual connection"),
@@ -90,7 +90,7 @@ MUTATIONS: list[Mutation] = [
              "return self.ffn(x, grid, self.num_prefix_tokens)",
              "return x - self.norm1(x) + self.ffn(self.norm1(x), grid, self.num_prefix_tokens)",
              "the DeiT locality block normalises the FFN input (a LayerNorm the paper removes)"),
-    # ---- architectures (trainers/registry.py, trainers/backbones; REFERENCE.md section 3) ----
+    # ---- architectures (trainers/registry.py, trainers/backbones; docs/paper.md section 3) ----
     Mutation("arch-localvit-tiny-3-heads", "trainers/registry.py",
              "heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=4)",
              "heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=3)",

@@ -55,10 +55,10 @@ def _child(argv: list[str], quiet: bool) -> tuple[float, float, int]:
 
 def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
     from orchestrator.plan import build_plan
+    from orchestrator.plan.record import resolved_spec
     from orchestrator.sinks.base import TrialInfo, TrialOutcome
     from orchestrator.sinks.parquet import ParquetSink
     from orchestrator.spec import load_spec
-    from orchestrator.tune.runner import resolved_spec
 
     t0 = time.perf_counter()
     plan = build_plan(load_spec(str(SPEC), []), source=str(SPEC), data_required=False)

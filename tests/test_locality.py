@@ -18,13 +18,13 @@ from trainers.locality import (
 
 
 def eca_kernel(channels: int) -> int:
-    """ECA-Net's adaptive rule (REFERENCE.md section 2): t = int(|(log2 C + 1) / 2|), made odd."""
+    """ECA-Net's adaptive rule (docs/paper.md section 2): t = int(|(log2 C + 1) / 2|), made odd."""
     t = int(abs((math.log2(channels) + 1) / 2))
     return t if t % 2 else t + 1
 
 
 def expected_params(dim: int, act: str, expansion: int, se_hidden: int, dw_conv: bool) -> int:
-    """Closed form from REFERENCE.md section 2 (no biases in convs, BN has weight + bias)."""
+    """Closed form from docs/paper.md section 2 (no biases in convs, BN has weight + bias)."""
     hidden = expansion * dim
     n = dim * hidden + 2 * hidden  # 1x1 expand + BN
     if dw_conv:

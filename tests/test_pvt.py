@@ -28,7 +28,7 @@ def mlp_params(dim: int, ratio: int) -> int:
 
 
 def locality_params(dim: int, gamma: int, se_hidden: int) -> int:
-    """1x1 conv + BN, 3x3 depth-wise + BN, SE (with biases), 1x1 conv + BN (REFERENCE.md sec. 2)."""
+    """1x1 conv + BN, 3x3 depth-wise + BN, SE (with biases), 1x1 conv + BN (docs/paper.md 2)."""
     hidden = gamma * dim
     return (dim * hidden + 2 * hidden + 9 * hidden + 2 * hidden
             + linear(hidden, se_hidden) + linear(se_hidden, hidden) + hidden * dim + 2 * dim)
@@ -36,7 +36,7 @@ def locality_params(dim: int, gamma: int, se_hidden: int) -> int:
 
 def pvt_params(patches, dims, ratios, depths, srs, grid0, classes=1000, in_chans=3,
                gammas=None, local_blocks=None) -> int:
-    """Closed form of the authors' PVT v1 (REFERENCE.md section 3, "Details ...")."""
+    """Closed form of the authors' PVT v1 (docs/paper.md section 3, "Details ...")."""
     total, width, side, index = 0, in_chans, grid0, 0
     for s, (p, d, r, depth, sr) in enumerate(zip(patches, dims, ratios, depths, srs, strict=True)):
         side //= p

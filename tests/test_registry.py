@@ -1,7 +1,7 @@
 """The model registry: names, exact parameter counts, the ablation grid, errors, timm registration.
 
-Expected counts come from REFERENCE.md (DeiT-T, LocalViT-T), from timm's own models for the timm
-baselines, and from the closed form of the locality FFN (REFERENCE.md section 2) otherwise; they
+Expected counts come from docs/paper.md (DeiT-T, LocalViT-T), from timm's own models for the timm
+baselines, and from the closed form of the locality FFN (docs/paper.md section 2) otherwise; they
 never come from the code under test.
 """
 
@@ -37,7 +37,7 @@ def ffn_params(dim, expansion=4, se_hidden=4, act="hs+se", dw_conv=True):
 
 
 def eca_kernel(channels):
-    """ECA-Net's adaptive rule (REFERENCE.md section 2): 5 for every width 192 ... 1152."""
+    """ECA-Net's adaptive rule (docs/paper.md section 2): 5 for every width 192 ... 1152."""
     t = int(abs((math.log2(channels) + 1) / 2))
     return t if t % 2 else t + 1
 
@@ -82,8 +82,8 @@ def expected_counts():
     deit_t, deit_s = 5_717_416, _timm_count("deit_small_patch16_224")
     swin_t, tnt_t = _timm_count("swin_tiny_patch4_window7_224"), _tnt_t_count()
     return {
-        "deit_tiny": deit_t,  # REFERENCE.md
-        "localvit_tiny": 5_908_696,  # REFERENCE.md
+        "deit_tiny": deit_t,  # docs/paper.md
+        "localvit_tiny": 5_908_696,  # docs/paper.md
         "localvit_tiny_se4": deit_t + 12 * (ffn_params(192, se_hidden=192) - mlp_params(192)),
         "deit_small": deit_s,
         "localvit_small": deit_s + 12 * (ffn_params(384) - mlp_params(384)),

@@ -292,20 +292,6 @@ def test_backbone_table_pairs_each_arm_with_its_own_reference(tmp_path):
     assert "pvt_micro: seed(s) 1 stopped early at rung 1 (epoch 2): not averaged in" in md
 
 
-def test_old_spec_without_factors_or_references_compares_with_the_baseline(tmp_path):
-    spec = {k: v for k, v in ABLATION_SPEC.items() if k != "plan"}
-    spec["plan"] = {"arms": {a: {"overrides": dict(v["overrides"]), "aliases": v["aliases"]}
-                             for a, v in ABLATION_SPEC["plan"]["arms"].items()}}
-    trials = [t for t in _ablation_trials() if t["arm"] in ("baseline", "localvit", "act=relu6")]
-    directory = build_sweep(tmp_path / "old", spec, trials)
-    from orchestrator.report.inputs import load_sweep
-
-    inputs = load_sweep(directory)
-    assert inputs.arm("act=relu6").factors == {"model.locality.act": "relu6"}
-    assert inputs.arm("localvit").reference == "baseline"
-    assert inputs.arm("baseline").reference is None
-
-
 # --------------------------------------------------------------------------------- a search
 
 SEARCH_SPEC = {

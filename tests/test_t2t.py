@@ -44,7 +44,7 @@ def locality_params(dim: int, gamma: int, se_hidden: int | None) -> int:
 
 def t2t_params(*, embed, depth, mlp, token_dim, kernels, n_tokens, in_chans=3, classes=1000,
                block_local=None, token_local=False) -> tuple[int, int]:
-    """Closed form of the authors' T2T-ViT (REFERENCE.md section 3): (all, frozen)."""
+    """Closed form of the authors' T2T-ViT (docs/paper.md section 3): (all, frozen)."""
     frozen = 0
     total, width = 0, in_chans
     for kernel in kernels[:-1]:  # Performer token layers

@@ -5,7 +5,7 @@ section and every arm the sweep plans: YAML, `--set key=value` overrides and sea
 all become a `TrainConfig` here, so an unknown key or a wrong type is caught once, at the edge,
 with its dotted key path. `recipe` names a preset of training values (trainers/recipes.py: the
 paper's DeiT recipe, digits_cpu, cifar) that applies under the explicit values; by default the one
-that fits `data.name`. The field defaults are the DeiT recipe's (REFERENCE.md section 6).
+that fits `data.name`. The field defaults are the DeiT recipe's (docs/paper.md section 6).
 
 The models are frozen pydantic models: hashable, picklable, safe to ship to Ray workers.
 """

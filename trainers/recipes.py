@@ -48,7 +48,7 @@ class Recipe:
     values: Mapping[str, Any]    # nested TrainConfig sections, e.g. {"train": {"epochs": 300}}
 
 
-# The DeiT recipe LocalViT trains with (REFERENCE.md section 6; DeiT, Touvron et al. 2021,
+# The DeiT recipe LocalViT trains with (docs/paper.md section 6; DeiT, Touvron et al. 2021,
 # table 9): ImageNet-1k, 300 epochs, batch 1024, AdamW lr 5e-4 x batch/512, cosine to 1e-5 after
 # 5 warm-up epochs from 1e-6, drop-path 0.1, RandAugment, random erasing, Mixup/CutMix, label
 # smoothing, EMA, mixed precision; evaluation resizes to 256/224 and centre-crops.

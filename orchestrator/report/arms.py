@@ -20,8 +20,9 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator.plan.record import ArmRecord
 from orchestrator.report import stats
-from orchestrator.report.inputs import ArmInfo, SweepInputs
+from orchestrator.report.inputs import SweepInputs
 
 __all__ = ["ARMS_CSV_COLUMNS", "arm_rows"]
 
@@ -94,7 +95,7 @@ def _roles(inputs: SweepInputs) -> dict[str, str]:
     return out
 
 
-def _one_arm(inputs: SweepInputs, arm: ArmInfo, role: str, rows: pd.DataFrame) -> dict[str, Any]:
+def _one_arm(inputs: SweepInputs, arm: ArmRecord, role: str, rows: pd.DataFrame) -> dict[str, Any]:
     """The arm's row from its trials (`rows`: the columns _ARM_COLUMNS of its trials)."""
     values, notes = _seed_values(rows)
     stopped = rows[rows["status"] == "stopped"]

@@ -5,9 +5,9 @@ as DataFrames, the arm-level decisions if any) or raises `ReportError` naming th
 fix it: a missing folder, a missing or unreadable spec.yaml / trials.parquet / epochs.parquet /
 decisions.parquet, a table without the columns the sweep writes. Nothing is written here.
 
-Older spec.yaml files (before the plan recorded each arm's `factors` and `reference`) still load:
-every arm is then measured against the spec's `references` entry or else the baseline, and an arm
-whose overrides are exactly axis values gets those as its factors.
+The arms come from the plan record the runner wrote into spec.yaml
+(`orchestrator.plan.record.PlanRecord`), in plan order; an arm that only the trials name (a table
+from another source) is measured against the baseline.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ import yaml
 
 from orchestrator._provenance import parse_spec_yaml
 from orchestrator.errors import SweepError
+from orchestrator.plan.record import ArmRecord, PlanRecord
 from orchestrator.sinks.parquet import read_epochs, read_trials, table_exists
 
-__all__ = ["ArmInfo", "ReportError", "SweepInputs", "canonical", "load_sweep"]
+__all__ = ["ReportError", "SweepInputs", "canonical", "load_sweep"]
 
 SPEC_FILE = "spec.yaml"
 TRIALS_FILE = "trials.parquet"
@@ -44,15 +45,6 @@ class ReportError(SweepError):
 
 
 @dataclass(frozen=True)
-class ArmInfo:
-    name: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
-    factors: Mapping[str, Any] = field(default_factory=dict)   # axis key -> value
-    reference: str | None = None                               # None only for the baseline
-
-
-@dataclass(frozen=True)
 class SweepInputs:
     directory: Path
     name: str
@@ -61,7 +53,7 @@ class SweepInputs:
     design: str                                # ofat | factorial
     base_arm: str                              # resolved to the arm that ran it
     axes: Mapping[str, list[Any]]
-    arms: tuple[ArmInfo, ...]                  # plan order, then arms seen only in trials
+    arms: tuple[ArmRecord, ...]                # plan order, then arms seen only in trials
     references_given: bool                     # the spec names references of its own
     space: Mapping[str, tuple[str, Any]]       # search: dotted key -> (kind, values)
     seeds: tuple[int, ...]
@@ -74,7 +66,7 @@ class SweepInputs:
     def is_search(self) -> bool:
         return bool(self.space)
 
-    def arm(self, name: str) -> ArmInfo | None:
+    def arm(self, name: str) -> ArmRecord | None:
         return next((a for a in self.arms if a.name == name), None)
 
 
@@ -133,35 +125,20 @@ def _space(spec: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     return out
 
 
-def _fallback_factors(overrides: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> dict:
-    """For a spec.yaml without factors: the overrides, when each is a value of its axis."""
-    if overrides and all(k in axes and canonical(v) in {canonical(x) for x in axes[k]}
-                         for k, v in overrides.items()):
-        return dict(overrides)
-    return {}
-
-
-def _arms(spec: Mapping[str, Any], trials: Any, axes: Mapping[str, list[Any]]
-          ) -> tuple[ArmInfo, ...]:
-    planned = dict((spec.get("plan") or {}).get("arms") or {})
-    given = dict(spec.get("references") or {})
-    arms: list[ArmInfo] = []
-    for name, info in planned.items():
-        info = dict(info or {})
-        overrides = dict(info.get("overrides") or {})
-        factors = info.get("factors")
-        ref = info["reference"] if "reference" in info else given.get(name, "baseline")
-        arms.append(ArmInfo(
-            name=str(name), overrides=overrides, aliases=tuple(info.get("aliases") or ()),
-            factors=dict(factors) if factors is not None else _fallback_factors(overrides, axes),
-            reference=ref if name != "baseline" else None))
+def _arms(spec: Mapping[str, Any], trials: Any, path: Path) -> tuple[ArmRecord, ...]:
+    try:
+        record = PlanRecord.from_dict(spec["plan"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReportError(f"{path}: its plan record is incomplete ({type(exc).__name__}: {exc}); "
+                          f"the sweep writes it when it starts: {_FIX_TABLE}") from None
+    arms = list(record.arms)
     known = {a.name for a in arms}
     seen = [a for a in dict.fromkeys(str(x) for x in trials["arm"]) if a not in known]
     for name in sorted(seen, key=lambda a: (a != "baseline", a)):
-        arms.append(ArmInfo(name=name, reference=None if name == "baseline" else "baseline"))
+        arms.append(ArmRecord(name=name, reference=None if name == "baseline" else "baseline"))
     if not any(a.name == "baseline" for a in arms):
         # Without a baseline arm there is nothing to measure against.
-        arms = [ArmInfo(a.name, a.overrides, a.aliases, a.factors, None) for a in arms]
+        arms = [replace(a, reference=None) for a in arms]
     return tuple(arms)
 
 
@@ -189,7 +166,7 @@ def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     metric = str(search.get("metric") or trials["metric"].dropna().iloc[0])
     mode = str(search.get("mode") or "max")
     axes = {str(k): list(v) for k, v in dict(spec.get("axes") or {}).items()}
-    arms = _arms(spec, trials, axes)
+    arms = _arms(spec, trials, directory / SPEC_FILE)
     base_arm = str(spec.get("base_arm") or "base")
     for arm in arms:
         if base_arm in arm.aliases:

@@ -17,7 +17,7 @@ reference seed by seed: the paired differences d_s = arm_s - reference_s. What i
 - the verdict: better / worse by the sign of the difference and the metric's mode (`max`: larger
   is better), when the Holm-corrected p is below alpha; otherwise n.s.
 
-Caveats (shared/ARM_SCHEDULER.md, "Statistics at 3 seeds"): the t-test assumes normal
+Caveats (docs/statistics.md): the t-test assumes normal
 differences and at 3 seeds has low power (about 0.32 for a 1-SD effect one-sided at 0.95); a
 difference with zero variance makes t undefined, which is reported as such, not as p = 0.
 """

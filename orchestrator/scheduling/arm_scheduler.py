@@ -8,7 +8,7 @@ checkpoint) and waits; the report that completes the group decides, stops every 
 arm together (`stop_reasons` says why) and lets the winners' paused seeds resume. Reference arms
 never wait and never stop.
 
-How it fits Ray Tune 2.60 (see shared/ARM_SCHEDULER.md for the pitfalls):
+How it fits Ray Tune 2.60 (the pitfalls: docs/design.md, "The arm scheduler"):
 - Tune's `max_concurrent_trials` counts paused trials as live and would deadlock a group that is
   waiting for seeds never started, so the runner leaves it unset and this scheduler caps
   concurrency itself: every new, re-queued or restored trial is parked (PAUSED, the way Tune's

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -20,9 +19,10 @@ from orchestrator._files import filesystem, is_uri
 from orchestrator._provenance import parse_spec_yaml
 from orchestrator.errors import ResumeError, StorageError
 from orchestrator.plan.model import Plan
+from orchestrator.plan.record import resolved_spec
 from orchestrator.tune.state import has_saved_state
 
-__all__ = ["TUNE_DIR", "check_same_sweep", "check_storage", "resolved_spec", "saved_state",
+__all__ = ["TUNE_DIR", "check_same_sweep", "check_storage", "saved_state",
            "storage_problems", "sweep_dir", "tune_experiment_dir", "tune_storage"]
 
 TUNE_DIR = "tune"
@@ -157,19 +157,3 @@ def storage_problems(plan: Plan) -> list[str]:
             with contextlib.suppress(OSError):
                 probe.unlink()
     return problems
-
-
-def resolved_spec(plan: Plan) -> dict[str, Any]:
-    """What spec.yaml and the MLflow parent run record: the spec, --smoke, and the arms."""
-    out = plan.spec.to_dict()
-    out["smoke"] = plan.smoke
-    out["source"] = plan.source
-    out["plan"] = {
-        "arms": {a.name: {"overrides": dict(a.overrides), "aliases": list(a.aliases),
-                          "factors": dict(a.factors), "reference": plan.references.get(a.name)}
-                 for a in plan.arms},
-        "protected": list(plan.protected),
-        "asha_unit": plan.spec.asha_unit,
-        "trials": [{"key": t.key, "arm": t.arm, "seed": t.seed} for t in plan.trials],
-    }
-    return out

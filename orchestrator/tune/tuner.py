@@ -19,13 +19,14 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.plan.model import Plan
+from orchestrator.plan.record import resolved_spec
 from orchestrator.scheduling.arm_scheduler import ArmScheduler
 from orchestrator.scheduling.asha import RecordingASHA
 from orchestrator.sinks.base import Sink
 from orchestrator.tune.callback import SinkCallback
 from orchestrator.tune.ray_compat import restored_run_parts
 from orchestrator.tune.state import CheckpointKeeper
-from orchestrator.tune.storage import resolved_spec, sweep_dir, tune_experiment_dir, tune_storage
+from orchestrator.tune.storage import sweep_dir, tune_experiment_dir, tune_storage
 from orchestrator.tune.trial import EPOCH_KEY
 
 __all__ = ["new_tuner", "param_space", "restored_tuner"]

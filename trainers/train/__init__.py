@@ -2,7 +2,7 @@
 
 `train(cfg, reporter)` builds the data, the model (through `trainers.registry`) and the training
 recipe the config resolved to (trainers/recipes.py; for ImageNet the DeiT recipe LocalViT trains
-with, REFERENCE.md section 6: AdamW, cosine schedule with warm-up, Mixup/CutMix, label smoothing,
+with, docs/paper.md section 6: AdamW, cosine schedule with warm-up, Mixup/CutMix, label smoothing,
 RandAugment, random erasing, drop-path, EMA, mixed precision) from timm's factories. It reads as
 restore / epoch / checkpoint: `_build` (and `_restore` when resuming), then per epoch `_epoch`
 (train, evaluate) and `_checkpoint` (the full state saved atomically to `out_dir/checkpoint.pt`,
