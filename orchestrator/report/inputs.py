@@ -24,15 +24,12 @@ import yaml
 
 from orchestrator._provenance import parse_spec_yaml
 from orchestrator.errors import SweepError
+from orchestrator.layout import DECISIONS_FILE, EPOCHS_FILE, SPEC_FILE, TRIALS_FILE
 from orchestrator.plan.record import ArmRecord, PlanRecord
 from orchestrator.sinks.parquet import read_epochs, read_trials, table_exists
 
 __all__ = ["ReportError", "SweepInputs", "canonical", "load_sweep"]
 
-SPEC_FILE = "spec.yaml"
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
-DECISIONS_FILE = "decisions.parquet"
 _TRIAL_COLUMNS = ("trial_key", "arm", "seed", "backbone", "status", "stop_reason", "epochs_run",
                   "params", "macs", "metric_final", "tags", "config")
 _FIX_TABLE = ("restore it from a copy, or run the sweep again into fresh storage "

@@ -39,6 +39,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from orchestrator.layout import REPORT_DIR
 from orchestrator.report import plots, stats, tables
 from orchestrator.report.arms import ARMS_CSV_COLUMNS, arm_rows
 from orchestrator.report.inputs import ReportError, SweepInputs, load_sweep
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["ARMS_CSV_COLUMNS", "REPORT_DIR", "Report", "ReportError", "main", "verdict_table",
            "write_report"]
 
-REPORT_DIR = "report"
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 from orchestrator._files import atomic_write_bytes
+from orchestrator.layout import DECISIONS_FILE, RUNGS_FILE
 
 __all__ = [
     "DECISIONS_FILE",
@@ -54,8 +55,6 @@ __all__ = [
     "write_rungs",
 ]
 
-RUNGS_FILE = "rungs.parquet"
-DECISIONS_FILE = "decisions.parquet"
 
 
 @dataclass(frozen=True)

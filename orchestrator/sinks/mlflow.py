@@ -43,6 +43,7 @@ from typing import Any
 
 from orchestrator._flatten import encode_value, flatten_config
 from orchestrator._provenance import provenance, spec_yaml_text
+from orchestrator.layout import SPEC_FILE
 from orchestrator.sinks import mlflow_view
 from orchestrator.sinks.background import SerialWorker
 from orchestrator.sinks.base import FinishedTrial, TrialInfo, TrialOutcome
@@ -215,7 +216,7 @@ class MlflowSink:
         else:
             run = client.create_run(self.experiment_id, run_name=sweep_name, tags=tags)
             self.parent_run_id = run.info.run_id
-        client.log_text(self.parent_run_id, spec_yaml_text(spec, prov), "spec.yaml")
+        client.log_text(self.parent_run_id, spec_yaml_text(spec, prov), SPEC_FILE)
 
         # Earliest run per key wins, should an older bug ever have left two.
         for run in sorted(self._search(f"tags.{ROLE_TAG} = 'trial'"),

@@ -12,6 +12,7 @@ import os
 import shlex
 from pathlib import Path
 
+from orchestrator.layout import ARTIFACTS_DIR, DB_FILE
 from orchestrator.sinks import mlflow_view
 from orchestrator.sinks.mlflow_view import browse_url
 
@@ -19,10 +20,8 @@ __all__ = ["ARTIFACTS_DIR", "DB_FILE", "ROLE_TAG", "SWEEP_TAG", "default_trackin
            "log_report", "mlflow_ui_command", "quiet_mlflow", "sqlite_path", "sweep_browse_url"]
 
 
-DB_FILE = "mlflow.db"
 
 
-ARTIFACTS_DIR = "mlartifacts"
 
 
 ROLE_TAG = "sweep_role"        # "parent" | "trial"

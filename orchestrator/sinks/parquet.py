@@ -54,6 +54,7 @@ from orchestrator._provenance import (
     spec_yaml_text,
     write_spec_yaml,
 )
+from orchestrator.layout import EPOCHS_FILE, TRIALS_FILE
 from orchestrator.sinks.base import FinishedTrial, TrialInfo, TrialOutcome, best_of
 from orchestrator.sinks.parted import LOG_ROWS, PartedTable
 
@@ -72,8 +73,6 @@ __all__ = [
     "write_spec_yaml",
 ]
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
 CONFIG_PREFIX = "config."
 
 _VERSIONS_TYPE = pa.struct([pa.field(name, pa.string()) for name in ("python", *TRACKED_PACKAGES)])

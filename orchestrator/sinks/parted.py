@@ -49,9 +49,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orchestrator.layout import PARTS_DIR
+
 __all__ = ["FAN_IN", "LOG_ROWS", "LOG_WRITES", "PARTS_DIR", "PartedTable"]
 
-PARTS_DIR = "_parts"
 FAN_IN = 16
 LOG_ROWS = 50_000
 LOG_WRITES = 1_000

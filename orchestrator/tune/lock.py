@@ -17,10 +17,10 @@ import socket
 from pathlib import Path
 
 from orchestrator.errors import StorageError
+from orchestrator.layout import LOCK_FILE
 
 __all__ = ["LOCK_FILE", "DriverLock"]
 
-LOCK_FILE = "driver.lock"
 
 
 class DriverLock:

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 from orchestrator._files import filesystem, is_uri
 from orchestrator._provenance import parse_spec_yaml
 from orchestrator.errors import ResumeError, StorageError
+from orchestrator.layout import SPEC_FILE, TUNE_DIR
 from orchestrator.plan.model import Plan
 from orchestrator.plan.record import resolved_spec
 from orchestrator.tune.state import has_saved_state
@@ -25,7 +26,6 @@ from orchestrator.tune.state import has_saved_state
 __all__ = ["TUNE_DIR", "check_same_sweep", "check_storage", "saved_state",
            "storage_problems", "sweep_dir", "tune_experiment_dir", "tune_storage"]
 
-TUNE_DIR = "tune"
 
 
 def sweep_dir(plan: Plan) -> Path:
@@ -106,7 +106,7 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
     if resume:
         # Killed before Tune saved anything, a resumed sweep simply starts (a restart script
         # can always say --resume); it must still be the same sweep.
-        check_same_sweep(plan, target / "spec.yaml")
+        check_same_sweep(plan, target / SPEC_FILE)
     elif target.exists() and any(target.iterdir()):
         raise StorageError(f"{where}: a sweep named '{plan.spec.name}' already exists in "
                            f"{target}; pass --resume to continue it, or start a new one with "
