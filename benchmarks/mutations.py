@@ -139,7 +139,7 @@ MUTATIONS: list[Mutation] = [
              "criterion = torch.nn.CrossEntropyLoss(label_smoothing=a.label_smoothing)",
              "criterion = torch.nn.CrossEntropyLoss()",
              "without Mixup, aug.label_smoothing is ignored"),
-    # ---- the orchestrator (take the find strings from the files as they are; issue 13) ----
+    # ---- the orchestrator (take the find strings from the files as they are) ----
     Mutation("parquet-forgets-compacted-rows", "orchestrator/sinks/parted.py",
              "tables = [pq.read_table(self.path)] if self.path.is_file() else []",
              "tables = []",
@@ -163,8 +163,8 @@ MUTATIONS: list[Mutation] = [
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
     Mutation("trial-crashes-in-worker", "orchestrator/tune/trainable.py",
-             "    trial = identify(config, configs=configs, sampler=sampler)\n    cfg",
-             "    raise RuntimeError('mutant')\n    cfg",
+             "    trial = identify(config, configs=configs, sampler=sampler)\n\n    def reporter",
+             "    raise RuntimeError('mutant')\n\n    def reporter",
              "every trial raises in its Ray worker (shows the workers import the copy)"),
     Mutation("failed-trial-exit-0", "orchestrator/tune/runner.py",
              "return 1 if (failed or self.num_errors or self.sink_errors or self.interrupted",

@@ -1,4 +1,4 @@
-"""Wall time and peak memory of `--dry-run` on a large plan (issue 12), as a user runs it.
+"""Wall time and peak memory of `--dry-run` on a large plan, as a user runs it.
 
 Each run is a fresh `python -m orchestrator.sweep SPEC --dry-run` (80-column terminal, output
 discarded) with PYTHONPATH set to the checkout measured, so the import of torch and timm is

@@ -1,4 +1,4 @@
-"""The orchestrator at 10,000 trials (issue 12): plan, Parquet sink, read back, report.
+"""The orchestrator at 10,000 trials: plan, Parquet sink, read back, report.
 
 Four phases, each in a fresh interpreter so that its wall time includes its imports and its peak
 resident memory (the child's ru_maxrss) is its own:

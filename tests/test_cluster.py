@@ -1,4 +1,4 @@
-"""The cluster path (issues 9 and 10), proven on this machine without a cloud.
+"""The cluster path, proven on this machine without a cloud.
 
 - `ray_cluster.yaml` passes Ray's own cluster-config schema (after Ray fills its defaults, as
   `ray up` does), keeps every service on 127.0.0.1 with token authentication, and its node

@@ -149,7 +149,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;
 
 
 def _html_table(t: Table) -> list[str]:
-    # Not strict: a cell beyond the alignment string is dropped, as it always was.
+    # Not strict: a cell beyond the alignment string is dropped.
     cls = ["r" if a == "r" else "l" for a in t.alignment()]
 
     def cell(c: Cell, k: str) -> str:

@@ -192,7 +192,7 @@ class MlflowSink:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
-            # Also for experiments made before these tags existed; the metric may have changed.
+            # The UI tags name the metric, which a resumed sweep may have changed.
             for key, value in mlflow_view.experiment_tags(
                     _metric_name(metric), mode, exp.tags).items():
                 client.set_experiment_tag(self.experiment_id, key, value)
@@ -218,7 +218,7 @@ class MlflowSink:
             self.parent_run_id = run.info.run_id
         client.log_text(self.parent_run_id, spec_yaml_text(spec, prov), SPEC_FILE)
 
-        # Earliest run per key wins, should an older bug ever have left two.
+        # One run per trial key: should a store hold two, the earliest is the trial's.
         for run in sorted(self._search(f"tags.{ROLE_TAG} = 'trial'"),
                           key=lambda r: r.info.start_time or 0):
             key = run.data.tags.get("trial_key")

@@ -148,7 +148,7 @@ class PartedTable:
 
     # -- state on disk ---------------------------------------------------------------------------
     def _through(self) -> int:
-        """The last sequence number the compacted file holds (0: none, or an older layout)."""
+        """The last sequence number the compacted file holds (0: none)."""
         if self._through_seq is None:
             meta = pq.read_schema(self.path).metadata if self.path.is_file() else None
             self._through_seq = int((meta or {}).get(_THROUGH_KEY, b"0"))
