@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import eca_kernel
 from trainers.locality import ACTIVATIONS, LocalityFeedForward, LocalitySpec
 
 DIM, EXPANSION, REDUCTION = 32, 4, 16
@@ -24,11 +25,6 @@ HIDDEN = EXPANSION * DIM            # 128 channels: ECA-Net's rule gives a kerne
 SE_HIDDEN = HIDDEN // REDUCTION     # 8
 GRID = (3, 4)                       # non-square on purpose
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1     # torch's BatchNorm2d defaults, as in the authors' code
-
-
-def eca_kernel(channels: int) -> int:
-    t = int(abs((math.log2(channels) + 1) / 2))
-    return t if t % 2 else t + 1
 
 
 def _act(act: str):

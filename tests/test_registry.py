@@ -5,13 +5,13 @@ baselines, and from the closed form of the locality FFN (docs/paper.md section 2
 never come from the code under test.
 """
 
-import math
 import random
 
 import pytest
 import timm
 import torch
 
+from helpers import ffn_params, mlp_params
 from trainers import registry
 from trainers.backbones import FAMILIES
 from trainers.config import ConfigError, LocalityConfig, ModelConfig, ModelConfigError
@@ -23,29 +23,6 @@ PAPER_MODELS = ["deit_tiny", "deit_small", "pvt_tiny", "tnt_tiny", "t2t_vit_7", 
 SMALL_MODELS = ["vit_micro", "localvit_micro", "pvt_micro", "localvit_pvt_micro", "tnt_micro",
                 "localvit_tnt_micro", "t2t_vit_micro", "localvit_t2t_micro", "swin_micro",
                 "localvit_swin_micro"]
-
-
-def ffn_params(dim, expansion=4, se_hidden=4, act="hs+se", dw_conv=True):
-    hidden = expansion * dim
-    n = dim * hidden + 2 * hidden + hidden * dim + 2 * dim  # two 1x1 convs (no bias) + BNs
-    n += (9 * hidden + 2 * hidden) if dw_conv else 0
-    if act == "hs+se":
-        n += 2 * hidden * se_hidden + se_hidden + hidden
-    elif act in ("hs+eca", "hs+ecah"):
-        n += eca_kernel(hidden)
-    return n
-
-
-def eca_kernel(channels):
-    """ECA-Net's adaptive rule (docs/paper.md section 2): 5 for every width 192 ... 1152."""
-    t = int(abs((math.log2(channels) + 1) / 2))
-    return t if t % 2 else t + 1
-
-
-def mlp_params(dim, ratio=4):
-    """LayerNorm + GELU MLP with biases: what the locality FFN replaces."""
-    hidden = int(dim * ratio)
-    return 2 * dim + dim * hidden + hidden + hidden * dim + dim
 
 
 def count(model):
