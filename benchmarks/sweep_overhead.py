@@ -175,8 +175,8 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
     """The same trainable, grid and Tune settings, without the orchestrator's callback/sinks."""
     from ray import tune
 
-    from orchestrator.tune.runner import param_space
     from orchestrator.tune.trainable import run_trial
+    from orchestrator.tune.tuner import param_space
 
     global _METER
     meter = _METER = _Meter()

@@ -70,7 +70,7 @@ def test_on_a_terminal_a_live_panel_shows_states_best_rung_and_eta(tmp_path):
 
 
 def test_after_resume_trials_finished_earlier_count_as_finished(tmp_path):
-    from orchestrator.tune.runner import finished_trials
+    from orchestrator.tune.resume import finished_trials
 
     feed(ParquetSink(), tmp_path)            # the first driver recorded three trials
     console, buf = _console(terminal=False)

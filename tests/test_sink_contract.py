@@ -18,7 +18,7 @@ from rich.console import Console
 from orchestrator.sinks.mlflow import MlflowSink
 from orchestrator.sinks.parquet import ParquetSink, read_epochs, read_trials
 from orchestrator.sinks.progress import ProgressSink
-from orchestrator.tune.runner import finished_trials
+from orchestrator.tune.resume import finished_trials
 
 try:
     from sink_scenario import METRIC, feed, scenario

@@ -117,11 +117,8 @@ def test_a_cut_short_tune_session_is_set_aside_for_the_one_before(tmp_path):
 
     from orchestrator.plan import build_plan
     from orchestrator.spec import load_spec
-    from orchestrator.tune.runner import (
-        saved_state,
-        set_aside_damaged_state,
-        tune_experiment_dir,
-    )
+    from orchestrator.tune.resume import set_aside_damaged_state
+    from orchestrator.tune.storage import saved_state, tune_experiment_dir
 
     spec = tmp_path / "cut.yaml"
     spec.write_text(two_arm_spec("cut", "{}"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import random
 import time
 from collections.abc import Mapping, Sized
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from trainers import data as data_lib
+from trainers._atomic import atomic_write
 from trainers._checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainers._engine import EpochStats, StepContext, TrialDiverged, evaluate, train_one_epoch
 from trainers._mapping import flatten
@@ -312,11 +312,7 @@ def _checkpoint(run: _Run, epoch: int, out: Path, wall_time_s: float) -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def _epoch_metrics(stats: EpochStats, val: dict[str, float], ema_val: dict[str, float] | None,
