@@ -246,9 +246,10 @@ class _Counting:
         return getattr(self.inner, name)
 
 
-def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp_path):
-    """The schema and the trainer's checks run once per trial config, at planning (shared by the
-    arm's seeds); the worker trains the planned config without checking it again."""
+def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp_path):
+    """The schema and the trainer's checks run once per design point, from the spec to the
+    worker: base when the spec is read (the plan starts from that config), every other point at
+    planning (shared by the arm's seeds); the worker trains the planned config as it is."""
     import importlib
 
     import ray.tune
@@ -258,11 +259,6 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
 
     train_mod = importlib.import_module("trainers.train")  # the package exports the function too
 
-    spec = small_spec(base={"model": {"backbone": "localvit_micro"},
-                            "data": {"name": "digits", "img_size": 16},
-                            "train": {"epochs": 1, "batch_size": 32, "ema": False,
-                                      "steps_per_epoch": 2}},
-                      axes={"model.locality.act": ["hs"]})
     schema = _Counting(TrainConfig.__pydantic_validator__)
     monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
     checks = []
@@ -276,6 +272,12 @@ def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp
     monkeypatch.setattr(train_mod, "validate_config", counted_check)
     monkeypatch.setattr(plan_checks, "validate_config", counted_check)
 
+    spec = small_spec(base={"model": {"backbone": "localvit_micro"},
+                            "data": {"name": "digits", "img_size": 16},
+                            "train": {"epochs": 1, "batch_size": 32, "ema": False,
+                                      "steps_per_epoch": 2}},
+                      axes={"model.locality.act": ["hs"]})
+    assert schema.calls == 1 and not checks             # base, as the spec is read
     plan = build_plan(spec, source="t.yaml")
     assert [a.name for a in plan.arms] == ["baseline", "base", "act=hs"]
     assert len(plan.trials) == 6

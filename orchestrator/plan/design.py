@@ -87,14 +87,16 @@ def build_plan(
         data = apply_overrides(base, overrides)
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in checked:
-            cfg = resolve_config(data, f"{source}: {where}")
+            # base itself was validated with the spec; any other point is validated here.
+            cfg = (spec.base_config if not overrides
+                   else resolve_config(data, f"{source}: {where}"))
             need_data = data_required and not smoke
             problem = run_check(validate, cfg, f"{source}: {where}", data_required=need_data)
             if problem:
                 warnings[problem] = None
             if smoke:
                 small = resolve_config(smoke_mod.shrink_config(cfg.to_dict()),
-                                 f"{source}: {where} (--smoke)")
+                                       f"{source}: {where} (--smoke)")
                 run_check(validate, small, f"{source}: {where} (--smoke)", data_required=True)
                 cfg = small
             checked[key] = cfg

@@ -22,7 +22,6 @@ from trainers.config import (
     ConfigError,
     format_validation_error,
     parse_set_args,
-    train_config_from_dict,
 )
 
 __all__ = ["load_spec", "spec_from_dict"]
@@ -39,7 +38,7 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
         raise SpecError(f"{source}: name: must be letters, digits, '.', '_' or '-' (it names a "
                         f"folder and an MLflow experiment) but got {spec.name!r}")
     try:
-        train_config_from_dict(spec.base, source="base")
+        spec.base_config  # noqa: B018 - validates base once; the plan starts from the result
     except ConfigError as exc:
         raise SpecError(f"{source}: {_indent(str(exc))}; fix the base trial config") from None
     sections = [("baseline", spec.baseline), ("axes", spec.axes),

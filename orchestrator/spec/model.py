@@ -12,7 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from trainers.config import TrainConfig, train_config_from_dict
 
 __all__ = ["TUNE_STORAGE_SCHEMES", "AshaSpec", "DomainSpec", "OptunaSpec", "ResourcesSpec",
            "RunSpec", "SchedulerSpec", "SearchSpec", "SweepSpec"]
@@ -176,6 +185,17 @@ class SweepSpec(_Strict):
     references: dict[str, str] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+
+    # `base` as a TrainConfig, set by the spec's checks (orchestrator.spec.load) when they
+    # validate it, so that the plan starts from it instead of validating base again.
+    _base_config: TrainConfig | None = PrivateAttr(default=None)
+
+    @property
+    def base_config(self) -> TrainConfig:
+        """`base` as a validated TrainConfig (trainers.config.ConfigError if it is not one)."""
+        if self._base_config is None:
+            self._base_config = train_config_from_dict(self.base, source="base")
+        return self._base_config
 
     @property
     def asha_unit(self) -> str | None:

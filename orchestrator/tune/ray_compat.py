@@ -210,7 +210,7 @@ def published_node_groups() -> list[NodeGroup] | None:
     `autoscaler_pb2.ClusterConfig` the autoscaler reports, from the GCS's internal KV store
     (namespace `__autoscaler`, key `__autoscaler_cluster_config`); Ray connected first.
     """
-    try:
+    try:  # imported here: a private module, whose absence means "not known", not a failure
         from ray._private.state import state
 
         config = state.get_cluster_config()
