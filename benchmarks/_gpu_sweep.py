@@ -146,8 +146,8 @@ def verify_sweep(sweep_dir: str | Path, planned: Mapping[str, str], *, cuda: boo
     mixed precision (and `train.amp` be on in every trial's config) or none may."""
     from mlflow import MlflowClient
 
-    from orchestrator.tables import read_epochs, read_trials
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.sinks.mlflow_store import default_tracking_uri
+    from orchestrator.sinks.parquet import read_epochs, read_trials
 
     sweep_dir = Path(sweep_dir)
     out = Verification()

@@ -9,7 +9,7 @@ disturbed steps) and the median of the per-round ratios, and the 1-minute load a
 after. The comparisons:
 
 - each (baseline, LocalViT) model pair, DeiT-T vs LocalViT-T at 224 px first;
-- LocalViT-T as built here vs a straightforward LocalViT-T written in this file from REFERENCE.md
+- LocalViT-T as built here vs a straightforward LocalViT-T written in this file from docs/paper.md
   (timm's ViT with plain blocks: attention, then the FFN as an nn.Sequential on the token grid);
 - the locality FFN alone (dim 192, gamma 4, h-swish + SE, 16 x 197 tokens) vs the same
   straightforward FFN, and vs the LayerNorm + GELU MLP it replaces in a DeiT-T block.
@@ -17,7 +17,7 @@ after. The comparisons:
     python benchmarks/model_speed.py                 # every comparison, print only
     python benchmarks/model_speed.py --record        # also rewrite the models section of RESULTS.md
 
-Target (issue 11): on an idle 2-core machine, LocalViT-T / DeiT-T <= 1.05 at 224 px, batch 16,
+Target: on an idle 2-core machine, LocalViT-T / DeiT-T <= 1.05 at 224 px, batch 16,
 2 threads, and LocalViT-T no slower than the straightforward implementation. A machine is taken
 as idle when its 1-minute load average is below 1.0 before the run; a run under more load is
 recorded with its load stated, never as the idle figure.
@@ -54,7 +54,7 @@ DEFAULT_PAIRS = ("deit_tiny:localvit_tiny", "vit_micro:localvit_micro",
                  "swin_micro:localvit_swin_micro", "tnt_micro:localvit_tnt_micro",
                  "pvt_micro:localvit_pvt_micro", "t2t_vit_micro:localvit_t2t_micro")
 IDLE_LOAD = 1.0
-# An independent interleaved check, not this script (issue 11): idle 2-core machine, 224 px,
+# An independent interleaved check, not this script: idle 2-core machine, 224 px,
 # batch 16, 2 threads, min of 7 rounds.
 INDEPENDENT = ("an independent interleaved check on an idle 2-core machine (224 px, batch 16, "
                "2 threads, min of 7 rounds) measured LocalViT-T / DeiT-T 0.94 and LocalViT-T / "
@@ -74,7 +74,7 @@ class StraightSE(nn.Module):
 
 
 class StraightFFN(nn.Module):
-    """REFERENCE.md section 2 written the plainest way: class token split off, tokens to a square
+    """docs/paper.md section 2 written the plainest way: class token split off, tokens to a square
     grid, 1x1 conv-BN-hs, 3x3 dw conv-BN-hs, SE, 1x1 conv-BN, residual, back to tokens."""
 
     def __init__(self, dim: int, gamma: int = 4, se_hidden: int = 4) -> None:

@@ -51,7 +51,7 @@ TRAIN = "trainers/train/__init__.py"
 
 
 MUTATIONS: list[Mutation] = [
-    # ---- the locality FFN (trainers/locality.py; REFERENCE.md section 2) ----
+    # ---- the locality FFN (trainers/locality.py; docs/paper.md section 2) ----
     Mutation("locality-residual-dropped", "trainers/locality.py",
              "img = img + self.conv(img)", "img = self.conv(img)",
              "the locality FFN loses its own residual connection"),
@@ -90,7 +90,7 @@ MUTATIONS: list[Mutation] = [
              "return self.ffn(x, grid, self.num_prefix_tokens)",
              "return x - self.norm1(x) + self.ffn(self.norm1(x), grid, self.num_prefix_tokens)",
              "the DeiT locality block normalises the FFN input (a LayerNorm the paper removes)"),
-    # ---- architectures (trainers/registry.py, trainers/backbones; REFERENCE.md section 3) ----
+    # ---- architectures (trainers/registry.py, trainers/backbones; docs/paper.md section 3) ----
     Mutation("arch-localvit-tiny-3-heads", "trainers/registry.py",
              "heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=4)",
              "heads4 = ViTArch(patch_size=16, embed_dim=192, depth=12, num_heads=3)",
@@ -139,64 +139,64 @@ MUTATIONS: list[Mutation] = [
              "criterion = torch.nn.CrossEntropyLoss(label_smoothing=a.label_smoothing)",
              "criterion = torch.nn.CrossEntropyLoss()",
              "without Mixup, aug.label_smoothing is ignored"),
-    # ---- the orchestrator (take the find strings from the files as they are; issue 13) ----
-    Mutation("parquet-forgets-compacted-rows", "orchestrator/_parted.py",
+    # ---- the orchestrator (take the find strings from the files as they are) ----
+    Mutation("parquet-forgets-compacted-rows", "orchestrator/sinks/parted.py",
              "tables = [pq.read_table(self.path)] if self.path.is_file() else []",
              "tables = []",
              "the compacted trials/epochs file is ignored when parts are read or merged into it: "
              "a resumed sweep loses the rows written before"),
-    Mutation("parquet-upsert-keeps-first-write", "orchestrator/_parted.py",
+    Mutation("parquet-upsert-keeps-first-write", "orchestrator/sinks/parted.py",
              '[(_ROW, "max")])[f"{_ROW}_max"]', '[(_ROW, "min")])[f"{_ROW}_min"]',
              "a replayed trial's rows (after --resume or a retry) do not replace the earlier "
              "ones: the first write of a key wins"),
-    Mutation("parquet-log-seal-keeps-repeated-keys", "orchestrator/_parted.py",
+    Mutation("parquet-log-seal-keeps-repeated-keys", "orchestrator/sinks/parted.py",
              "self._add_part((0, seq, seq), self._keep_last(self._log_writes))",
              "self._add_part((0, seq, seq), self._concat(self._log_writes))",
              "a full log is sealed with every write of a key in it: a lone sealed part is read "
              "(without grouping) with a replayed trial's rows twice"),
-    Mutation("parquet-leftover-log-dropped", "orchestrator/_parted.py",
+    Mutation("parquet-leftover-log-dropped", "orchestrator/sinks/parted.py",
              "            if tables:\n                self._add_part((0, log[1], log[2])",
              "            if False:\n                self._add_part((0, log[1], log[2])",
              "the log a killed driver left is deleted instead of sealed by the next driver: the "
              "trial ends it held are lost"),
-    Mutation("trial-ignores-tune-checkpoint", "orchestrator/trainable.py",
+    Mutation("trial-ignores-tune-checkpoint", "orchestrator/tune/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
-    Mutation("trial-crashes-in-worker", "orchestrator/trainable.py",
-             "    trial = identify(config, configs=configs, sampler=sampler)\n    cfg",
-             "    raise RuntimeError('mutant')\n    cfg",
+    Mutation("trial-crashes-in-worker", "orchestrator/tune/trainable.py",
+             "    trial = identify(config, configs=configs, sampler=sampler)\n\n    def reporter",
+             "    raise RuntimeError('mutant')\n\n    def reporter",
              "every trial raises in its Ray worker (shows the workers import the copy)"),
-    Mutation("failed-trial-exit-0", "orchestrator/runner.py",
+    Mutation("failed-trial-exit-0", "orchestrator/tune/runner.py",
              "return 1 if (failed or self.num_errors or self.sink_errors or self.interrupted",
              "return 1 if (self.sink_errors or self.interrupted",
              "a sweep whose trial failed exits 0"),
-    Mutation("early-end-labelled-completed", "orchestrator/_callback.py",
+    Mutation("early-end-labelled-completed", "orchestrator/tune/callback.py",
              "elif epochs >= planned_epochs:", "elif epochs >= 0:",
              "a trial that ends before its last epoch without a stop decision is 'completed'"),
-    Mutation("asha-stop-labelled-completed", "orchestrator/_callback.py",
+    Mutation("asha-stop-labelled-completed", "orchestrator/tune/callback.py",
              "if trial.trial_id in stops:", "if False:",
              "an ASHA-stopped trial is labelled completed"),
-    Mutation("asha-reason-wrong-rung", "orchestrator/_ray_compat.py",
+    Mutation("asha-reason-wrong-rung", "orchestrator/tune/ray_compat.py",
              "return ascending.index(milestone) + 1,", "return ascending.index(milestone),",
              "the ASHA stop reason names the rung before the one that stopped the trial"),
-    Mutation("asha-below-in-min-mode", "orchestrator/_asha.py",
+    Mutation("asha-below-in-min-mode", "orchestrator/scheduling/asha.py",
              'relation = "below" if judging.mode == "max" else "above"', 'relation = "below"',
              "the ASHA stop reason says 'below' the cutoff in min mode"),
-    # ---- arm-level early stopping (orchestrator/racing.py, arm_scheduler.py; issue 8) ----
-    Mutation("halving-ranks-by-best-seed", "orchestrator/racing.py",
+    # ---- arm-level early stopping (orchestrator/scheduling/: decisions.py, arm_scheduler.py) ----
+    Mutation("halving-ranks-by-best-seed", "orchestrator/scheduling/decisions.py",
              "means = {a: _mean(list(v.values())) for a, v in values.items()}",
              "means = {a: (max if mode == 'max' else min)(v.values()) for a, v in values.items()}",
              "arms are ranked by their best seed instead of their mean over seeds"),
-    Mutation("halving-keeps-too-few", "orchestrator/racing.py",
+    Mutation("halving-keeps-too-few", "orchestrator/scheduling/decisions.py",
              "keep = max(1, math.ceil(len(ranked) / reduction_factor - 1e-9))",
              "keep = max(1, len(ranked) // int(reduction_factor) - 1)",
              "a rung keeps fewer arms than the top 1/eta"),
-    Mutation("halving-stops-reference-arms", "orchestrator/racing.py",
+    Mutation("halving-stops-reference-arms", "orchestrator/scheduling/decisions.py",
              "        if arm in protected:\n"
              "            action, why = \"protected\", (f\"reference arm",
              "        if False:\n            action, why = \"protected\", (f\"reference arm",
              "the baseline and the base arm can be stopped like any other arm"),
-    Mutation("arm-decides-on-arrived-seeds", "orchestrator/arm_scheduler.py",
+    Mutation("arm-decides-on-arrived-seeds", "orchestrator/scheduling/arm_scheduler.py",
              "            if member in self._ended:\n                continue\n"
              "            return False",
              "            if member in self._ended:\n                continue\n"
@@ -212,11 +212,11 @@ FIRST_FOR = {
     "trainers/registry.py": ("tests/test_architecture.py", "tests/test_registry.py"),
     TRAIN: ("tests/test_train.py",),
     "trainers/_engine.py": ("tests/test_train.py",),
-    "orchestrator/racing.py": ("tests/test_racing.py",),
-    "orchestrator/_asha.py": ("tests/test_asha_reasons.py",),
-    "orchestrator/_ray_compat.py": ("tests/test_ray_compat.py", "tests/test_asha_reasons.py"),
-    "orchestrator/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
-    "orchestrator/_parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
+    "orchestrator/scheduling/decisions.py": ("tests/test_racing.py",),
+    "orchestrator/scheduling/asha.py": ("tests/test_asha_reasons.py",),
+    "orchestrator/tune/ray_compat.py": ("tests/test_ray_compat.py", "tests/test_asha_reasons.py"),
+    "orchestrator/scheduling/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
+    "orchestrator/sinks/parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }

@@ -1,4 +1,4 @@
-"""Wall time and peak memory of `--dry-run` on a large plan (issue 12), as a user runs it.
+"""Wall time and peak memory of `--dry-run` on a large plan, as a user runs it.
 
 Each run is a fresh `python -m orchestrator.sweep SPEC --dry-run` (80-column terminal, output
 discarded) with PYTHONPATH set to the checkout measured, so the import of torch and timm is
@@ -29,7 +29,7 @@ PHASES = r"""
 import io, sys, time
 t0 = time.perf_counter()
 from rich.console import Console
-from orchestrator.estimate import estimate_plan
+from orchestrator.plan.estimate import estimate_plan
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from orchestrator.sweep import _print_plan

@@ -1,4 +1,4 @@
-"""The orchestrator at 10,000 trials (issue 12): plan, Parquet sink, read back, report.
+"""The orchestrator at 10,000 trials: plan, Parquet sink, read back, report.
 
 Four phases, each in a fresh interpreter so that its wall time includes its imports and its peak
 resident memory (the child's ru_maxrss) is its own:
@@ -54,18 +54,18 @@ def _child(argv: list[str], quiet: bool) -> tuple[float, float, int]:
 
 
 def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
-    from orchestrator.events import TrialInfo, TrialOutcome
     from orchestrator.plan import build_plan
-    from orchestrator.runner import _resolved_spec
+    from orchestrator.plan.record import resolved_spec
+    from orchestrator.sinks.base import TrialInfo, TrialOutcome
+    from orchestrator.sinks.parquet import ParquetSink
     from orchestrator.spec import load_spec
-    from orchestrator.tables import ParquetSink
 
     t0 = time.perf_counter()
     plan = build_plan(load_spec(str(SPEC), []), source=str(SPEC), data_required=False)
     planned = plan.trials[:trials] if trials else plan.trials
     t1 = time.perf_counter()
     sink = ParquetSink()
-    sink.start(sweep_name=sweep_dir.name, storage_dir=str(sweep_dir), spec=_resolved_spec(plan),
+    sink.start(sweep_name=sweep_dir.name, storage_dir=str(sweep_dir), spec=resolved_spec(plan),
                metric="val/top1", mode="max", total_trials=len(planned))
     effects = {arm: random.Random(arm).gauss(0.0, 0.01) for arm in {p.arm for p in planned}}
     ends: list[float] = []
@@ -109,7 +109,7 @@ def feed(sweep_dir: Path, trials: int | None, epochs: int) -> None:
 def read(sweep_dir: Path) -> None:
     import pandas as pd
 
-    from orchestrator.tables import read_epochs, read_trials
+    from orchestrator.sinks.parquet import read_epochs, read_trials
 
     t0 = time.perf_counter()
     trials, epochs = read_trials(sweep_dir), read_epochs(sweep_dir)

@@ -1,9 +1,10 @@
 """Orchestration overhead: the sweep runner (MLflow + Parquet + progress sinks) vs bare Ray Tune.
 
-Both sides run the same trials (the same planned grid of `orchestrator.trainable.run_trial`, the
-same resources, concurrency and `reuse_actors`) in one Ray session, alternating bare / orchestrated
-so that a slow period of a shared machine hits both. Tune's auto CSV/JSON/TensorBoard loggers are
-off on both sides (the runner switches them off), so the difference is what the orchestrator adds.
+Both sides run the same trials (the same planned grid of `orchestrator.tune.trainable.run_trial`,
+the same resources, concurrency and `reuse_actors`) in one Ray session, alternating bare /
+orchestrated so that a slow period of a shared machine hits both. Tune's auto
+CSV/JSON/TensorBoard loggers are off on both sides (the runner switches them off), so the
+difference is what the orchestrator adds.
 
 Measured per run:
 - wall: bare = building the Tuner + `fit()`; orchestrated = the whole `run_sweep()` call (storage
@@ -174,8 +175,8 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
     """The same trainable, grid and Tune settings, without the orchestrator's callback/sinks."""
     from ray import tune
 
-    from orchestrator.runner import _param_space
-    from orchestrator.trainable import run_trial
+    from orchestrator.tune.trainable import run_trial
+    from orchestrator.tune.tuner import param_space
 
     global _METER
     meter = _METER = _Meter()
@@ -185,7 +186,7 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
         tune.with_resources(
             tune.with_parameters(run_trial, configs=plan.configs, sampler=plan.sampler),
             {"cpu": spec.run.resources_per_trial.cpu}),
-        param_space=_param_space(plan),
+        param_space=param_space(plan),
         tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode,
                                     max_concurrent_trials=spec.run.max_concurrent,
                                     reuse_actors=True),
@@ -254,9 +255,9 @@ class _Timed:
 def _bench_sinks(tracking_uri: str) -> list:
     from rich.console import Console
 
-    from orchestrator.progress import ProgressSink
-    from orchestrator.tables import ParquetSink
-    from orchestrator.tracking import MlflowSink
+    from orchestrator.sinks.mlflow import MlflowSink
+    from orchestrator.sinks.parquet import ParquetSink
+    from orchestrator.sinks.progress import ProgressSink
 
     # The progress view renders its lines as on a CI log, into memory instead of the terminal.
     console = Console(file=io.StringIO(), force_terminal=False)
@@ -265,7 +266,7 @@ def _bench_sinks(tracking_uri: str) -> list:
 
 
 def run_orchestrated(plan: Any) -> dict[str, float]:
-    from orchestrator.runner import run_sweep
+    from orchestrator.tune.runner import run_sweep
 
     global _METER
     meter = _METER = _Meter()

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "SweepSpec": "orchestrator.spec",
-    "load_spec": "orchestrator.spec",
-    "spec_from_dict": "orchestrator.spec",
-    "Plan": "orchestrator.plan",
-    "PlannedTrial": "orchestrator.plan",
-    "build_plan": "orchestrator.plan",
-    "SweepResult": "orchestrator.runner",
-    "run_sweep": "orchestrator.runner",
-    "Report": "orchestrator.report",
-    "write_report": "orchestrator.report",
+    "SweepSpec": "orchestrator.spec.model",
+    "load_spec": "orchestrator.spec.load",
+    "spec_from_dict": "orchestrator.spec.load",
+    "Plan": "orchestrator.plan.model",
+    "PlannedTrial": "orchestrator.plan.model",
+    "build_plan": "orchestrator.plan.design",
+    "SweepResult": "orchestrator.tune.runner",
+    "run_sweep": "orchestrator.tune.runner",
+    "Report": "orchestrator.report.writer",
+    "write_report": "orchestrator.report.writer",
     "PlanError": "orchestrator.errors",
     "SpecError": "orchestrator.errors",
     "SweepError": "orchestrator.errors",
@@ -41,18 +41,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         SpecError as SpecError,
         SweepError as SweepError,
     )
-    from orchestrator.plan import (
-        Plan as Plan,
-        PlannedTrial as PlannedTrial,
-        build_plan as build_plan,
-    )
-    from orchestrator.report import Report as Report, write_report as write_report
-    from orchestrator.runner import SweepResult as SweepResult, run_sweep as run_sweep
-    from orchestrator.spec import (
-        SweepSpec as SweepSpec,
-        load_spec as load_spec,
-        spec_from_dict as spec_from_dict,
-    )
+    from orchestrator.plan.design import build_plan as build_plan
+    from orchestrator.plan.model import Plan as Plan, PlannedTrial as PlannedTrial
+    from orchestrator.report.writer import Report as Report, write_report as write_report
+    from orchestrator.spec.load import load_spec as load_spec, spec_from_dict as spec_from_dict
+    from orchestrator.spec.model import SweepSpec as SweepSpec
+    from orchestrator.tune.runner import SweepResult as SweepResult, run_sweep as run_sweep
 
 
 def __getattr__(name: str) -> Any:

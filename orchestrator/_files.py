@@ -5,9 +5,11 @@ never half, after a killed driver or a full disk) and storage locations that are
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
+
+from trainers._atomic import atomic_write
 
 __all__ = ["atomic_write_bytes", "filesystem", "is_uri"]
 
@@ -19,8 +21,6 @@ def is_uri(location: str) -> bool:
 
 def filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path in it) for a folder or a URI, the way Ray Tune opens it."""
-    import pyarrow.fs as pafs
-
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), location
@@ -28,15 +28,4 @@ def filesystem(location: str) -> tuple[Any, str]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: f.write(data))

@@ -10,23 +10,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from trainers._mapping import flatten
+
 __all__ = ["flatten_config", "encode_value"]
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"model": {"locality": {"act": "hs"}}}` -> `{"model.locality.act": "hs"}`.
-
-    Lists, None and empty mappings are leaves (`model.arch: {}` stays one key), so a config
-    always flattens to the same keys whatever its values.
-    """
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_config(value, prefix=f"{dotted}."))
-        else:
-            out[dotted] = value
-    return dict(sorted(out.items()))
+def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config under dotted keys (trainers._mapping.flatten), sorted by key."""
+    return dict(sorted(flatten(config).items()))
 
 
 def encode_value(value: Any) -> str:

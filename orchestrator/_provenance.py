@@ -13,12 +13,12 @@ from typing import Any
 import yaml
 
 from orchestrator._files import atomic_write_bytes
+from orchestrator.layout import SPEC_FILE
 from trainers._provenance import TRACKED_PACKAGES, git_commit, provenance, versions
 
 __all__ = ["SPEC_FILE", "TRACKED_PACKAGES", "git_commit", "parse_spec_yaml", "provenance",
            "spec_yaml_text", "versions", "write_spec_yaml"]
 
-SPEC_FILE = "spec.yaml"
 
 
 def spec_yaml_text(spec: Mapping[str, Any], prov: Mapping[str, Any] | None = None) -> str:

@@ -17,7 +17,21 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from orchestrator.errors import SweepError
+from orchestrator.plan.design import build_plan
+from orchestrator.plan.estimate import estimate_plan
+from orchestrator.plan.naming import format_overrides
+from orchestrator.report.writer import ReportError, verdict_table, write_report
+from orchestrator.scheduling.decisions import milestones
+from orchestrator.sinks.mlflow_store import log_report, mlflow_ui_command, sweep_browse_url
+from orchestrator.sinks.parquet import TRIALS_FILE, table_exists
+from orchestrator.spec.load import load_spec
+from orchestrator.spec.smoke import shrink_spec
+from orchestrator.sync import sync
 
 __all__ = ["main"]
 
@@ -54,11 +68,6 @@ def _arm_table(plan, title: str, width: int):
     """One row per arm: its name (and the design points that resolved to it), its backbone, and
     its other overrides of base. Names are never cut: they are what `references`, reports and
     published-results files call an arm, so a name too wide for the terminal folds."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from orchestrator.plan import format_overrides
-
     backbone = {t.arm: t.backbone for t in plan.trials}
     longest = max(len(name) + 5 * (name != arm.name)  # "also "
                   for arm in plan.arms for name in (arm.name, *arm.shown_aliases))
@@ -94,10 +103,6 @@ def _arm_table(plan, title: str, width: int):
 
 
 def _print_plan(plan, console) -> None:
-    from rich.table import Table
-
-    from orchestrator.estimate import estimate_plan
-
     spec = plan.spec
     est = estimate_plan(plan)
     title = f"sweep {spec.name}{' (--smoke)' if plan.smoke else ''}: {plan.source}"
@@ -118,8 +123,6 @@ def _print_plan(plan, console) -> None:
     if asha is None:
         sched = "none (every trial runs all its epochs)"
     else:
-        from orchestrator.racing import milestones
-
         rungs = milestones(asha.grace_period, asha.reduction_factor, plan.max_epochs)
         sched = (f"ASHA grace {asha.grace_period}, reduction {asha.reduction_factor:g}, "
                  f"max_t {plan.max_epochs}")
@@ -148,12 +151,6 @@ def _print_plan(plan, console) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.console import Console
-
-    from orchestrator.plan import build_plan
-    from orchestrator.smoke import shrink_spec
-    from orchestrator.spec import load_spec
-
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     if args.address and args.address.startswith("ray://"):
@@ -176,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             _print_plan(plan, console)
             return 0
-        from orchestrator.runner import check_storage, run_sweep
+        # Ray (seconds to import) only once the sweep runs: a dry run and bad input exit without.
+        from orchestrator.tune.runner import run_sweep
+        from orchestrator.tune.storage import check_storage
 
         target = check_storage(plan, resume=args.resume)
         if args.resume:
@@ -194,12 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _catch_up_mlflow(sweep_dir, err) -> None:
     """--resume: first replay what Parquet has and MLflow may lack (a store that was down while
     trials finished; the same replay as `orchestrator.sync`, so nothing is logged twice)."""
-    from orchestrator.tables import TRIALS_FILE, table_exists
-
     if not table_exists(sweep_dir, TRIALS_FILE):
         return
-    from orchestrator.sync import sync
-
     try:
         sync(sweep_dir)
     except SweepError:
@@ -211,9 +206,6 @@ def _catch_up_mlflow(sweep_dir, err) -> None:
 
 def _print_summary(plan, result, spec_path, console, err) -> None:
     """The study's answer (the report's verdict table), where everything is, how to browse."""
-    from orchestrator.report import ReportError, verdict_table, write_report
-    from orchestrator.tracking import log_report, mlflow_ui_command, sweep_browse_url
-
     for problem in result.storage_errors:
         err.print(f"error: storage: {problem}. Every table written there before is whole; make "
                   f"room (or make it writable), then continue with: python -m orchestrator.sweep "

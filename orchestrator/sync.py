@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SweepError
+from orchestrator.report.inputs import load_sweep
+from orchestrator.sinks.base import TrialInfo, TrialOutcome
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import default_tracking_uri, log_report
 
 __all__ = ["SyncResult", "sync", "main"]
 
@@ -52,10 +56,6 @@ def _number(value: Any) -> float | None:
 
 def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
     """Replay the sweep's finished trials into MLflow (idempotent); see the module docstring."""
-    from orchestrator._report_inputs import load_sweep
-    from orchestrator.events import TrialInfo, TrialOutcome
-    from orchestrator.tracking import MlflowSink, default_tracking_uri, log_report
-
     sweep_dir = Path(sweep_dir).expanduser().resolve()
     # The report's reader: the same checks, and a missing or damaged file named the same way.
     sweep = load_sweep(sweep_dir)

@@ -5,7 +5,7 @@ Real `TrialInfo` / `TrialOutcome` objects with real TrainConfig dicts, fed to re
 
 from __future__ import annotations
 
-from orchestrator.events import TrialInfo, TrialOutcome
+from orchestrator.sinks.base import TrialInfo, TrialOutcome
 from trainers.config import apply_overrides, train_config_from_dict
 
 METRIC = "val/top1"

@@ -2,7 +2,7 @@
 
 Parameter counts do not see the number of attention heads (the qkv projection has the same size
 for 3 or 4 heads), nor a reordering of equal-sized stages; this table does. The paper rows are
-REFERENCE.md section 3 (LocalViT, Li et al., arXiv 2104.05707, and the backbones' own papers:
+docs/paper.md section 3 (LocalViT, Li et al., arXiv 2104.05707, and the backbones' own papers:
 DeiT table 1, PVT v1 table 1, TNT, T2T-ViT table 1, Swin table 1); the micro rows are the
 project's CPU sizes as documented in trainers/registry.py. Nothing here is read from the
 registry's own tables: the test inspects the modules it builds (`blk.attn.num_heads`, conv
@@ -257,7 +257,7 @@ def test_t2t_token_module(name):
 
 @pytest.mark.parametrize("name", [n for n in TABLE if registry.family(n) in ("deit", "t2t")])
 def test_class_token_and_position_table(name):
-    # DeiT: a learned position embedding; T2T-ViT: a frozen sinusoid table (REFERENCE.md 3).
+    # DeiT: a learned position embedding; T2T-ViT: a frozen sinusoid table (docs/paper.md 3).
     model = build(name)
     dim, img = TABLE[name].stages[0].dim, TABLE[name].img
     assert model.cls_token.shape == (1, 1, dim)

@@ -214,7 +214,7 @@ def test_tune_reads_its_metric_and_buffering_through_public_properties():
     """Tune asks TrialScheduler's public properties: `metric` (strict metric checking of every
     result) and `supports_buffered_results` (tune.run buffers no results when it is False, so
     every report reaches the scheduler before the trial goes on)."""
-    from orchestrator.arm_scheduler import ArmScheduler
+    from orchestrator.scheduling.arm_scheduler import ArmScheduler
 
     scheduler = ArmScheduler(metric="val/loss", mode="min", time_attr="epoch", max_t=3,
                              grace_period=2, reduction_factor=2, arms=["a", "b"], seeds=[0],

@@ -1,12 +1,12 @@
-"""Per-trial ASHA's stop reasons (orchestrator/_asha.py) on Ray's real ASHAScheduler: the rung
-named is the one that judged the result (rungs at epochs 1, 2, 4 are rung-1, -2, -3), the
+"""Per-trial ASHA's stop reasons (orchestrator/scheduling/asha.py) on Ray's real ASHAScheduler:
+the rung named is the one that judged the result (rungs at epochs 1, 2, 4 are rung-1, -2, -3), the
 relation follows the mode (a loss is *above* its cutoff, an accuracy *below*), and the cutoff is
 shown in the metric's own sign."""
 
 import pytest
 from ray.tune.experiment import Trial
 
-from orchestrator._asha import RecordingASHA
+from orchestrator.scheduling.asha import RecordingASHA
 
 # Six trials report epochs 1-3 in turn; the values are a loss (lower is better).
 CURVES = {"t0": [1.0, 0.5, 0.4], "t1": [1.1, 0.45, 0.3], "t2": [1.2, 0.9, 0.8],

@@ -1,4 +1,4 @@
-"""A corpus of malformed specs and --set overrides (issue 10): each exits 2 with one message that
+"""A corpus of malformed specs and --set overrides: each exits 2 with one message that
 names the file and the key and says how to fix it, prints no traceback, and creates nothing (no
 storage folder, no MLflow store, no Ray trial).
 

@@ -1,4 +1,4 @@
-"""The cluster path (issues 9 and 10), proven on this machine without a cloud.
+"""The cluster path, proven on this machine without a cloud.
 
 - `ray_cluster.yaml` passes Ray's own cluster-config schema (after Ray fills its defaults, as
   `ray up` does), keeps every service on 127.0.0.1 with token authentication, and its node
@@ -83,8 +83,8 @@ def _plan(tmp_path: Path, run: str):
 
 def test_capacity_waits_for_a_node_type_the_autoscaler_can_add_and_refuses_others(
         ray_session, tmp_path):
-    from orchestrator._cluster import check_capacity, node_types
     from orchestrator.errors import SpecError
+    from orchestrator.tune.cluster import check_capacity, node_types
 
     types = {t.name: t for t in node_types(CLUSTER_YAML)}
     assert types["gpu_1x"].resources == {"CPU": 8.0, "GPU": 1.0}
@@ -338,7 +338,7 @@ def test_a_ray_client_address_is_refused_with_the_way_that_works(tmp_path, capsy
 
 
 def test_a_trial_trains_on_what_ray_gave_it():
-    from orchestrator.trainable import fit_to_resources
+    from orchestrator.tune.trainable import fit_to_resources
     from trainers.config import train_config_from_dict
 
     cfg = train_config_from_dict({"data": {"name": "digits", "num_workers": 8}, "device": "auto"})

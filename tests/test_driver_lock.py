@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator._lock import LOCK_FILE, DriverLock
 from orchestrator.sweep import main
+from orchestrator.tune.lock import LOCK_FILE, DriverLock
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 HOLD = """
 import sys, time
-from orchestrator._lock import DriverLock
+from orchestrator.tune.lock import DriverLock
 DriverLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

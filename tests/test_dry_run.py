@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from orchestrator.estimate import estimate_plan
 from orchestrator.plan import build_plan
+from orchestrator.plan.estimate import estimate_plan
 from orchestrator.spec import spec_from_dict
 from trainers import profile
 

@@ -1,14 +1,15 @@
-"""Trial faults stay inside the trial (issue 10): a trial that raises is retried from its last
+"""Trial faults stay inside the trial: a trial that raises is retried from its last
 checkpoint up to run.max_failures, then recorded as failed with its error (Parquet status and
 stop_reason, MLflow status, tag and a traceback artifact); the other trials complete and the
 sweep exits 1.
 
-Faults are injected with the test-only ORCHESTRATOR_TEST_FAULTS (orchestrator/trainable.py):
-LocalViT's seed raises once after epoch 2 (retried: goes on from its epoch-2 checkpoint), the
-baseline's after epoch 1 and again after epoch 2 of its retry (max_failures 1: failed).
+Faults are injected by a reporter wrapper of the tests' own (tests/trial_faults.py): LocalViT's
+seed raises once after epoch 2 (retried: goes on from its epoch-2 checkpoint), the baseline's
+after epoch 1 and again after epoch 2 of its retry (max_failures 1: failed).
 """
 
 import contextlib
+import functools
 import io
 import re
 from pathlib import Path
@@ -17,8 +18,9 @@ import pandas as pd
 import pytest
 
 from orchestrator.sweep import main
-from orchestrator.trainable import FAULT_ENV, parse_faults
+from orchestrator.tune import runner
 from tiny_study import two_arm_spec
+from trial_faults import Faults, parse_faults, ship_by_value
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,7 +37,10 @@ def test_a_retried_trial_resumes_and_a_failing_one_is_recorded(ray_session, tmp_
                                                                 monkeypatch):
     markers = tmp_path / "faults"
     markers.mkdir()
-    monkeypatch.setenv(FAULT_ENV, f"localvit/0@2*1;baseline/0@1*2:{markers}")
+    ship_by_value()
+    faults = Faults(f"localvit/0@2*1;baseline/0@1*2:{markers}")
+    monkeypatch.setattr(runner, "run_sweep", functools.partial(runner.run_sweep,
+                                                               wrap_reporter=faults))
     spec = tmp_path / "faults.yaml"
     spec.write_text(SPEC)
     storage = tmp_path / "sweeps"

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _gpu_sweep  # noqa: E402
 import gpu_check  # noqa: E402
 
+from orchestrator.sinks.parquet import read_trials  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
-from orchestrator.tables import read_trials  # noqa: E402
 from trainers.config import train_config_from_dict  # noqa: E402
 from trainers.train import train  # noqa: E402
 
@@ -185,7 +185,7 @@ def test_verify_reports_a_cpu_sweep_checked_as_a_gpu_one(cpu_sweep):
 def test_verify_reports_trials_missing_from_parquet_and_mlflow(cpu_sweep):
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.sinks.mlflow_store import default_tracking_uri
 
     sweep_dir, planned = cpu_sweep
     extra = dict(planned, deadbeef="ghost/seed9")

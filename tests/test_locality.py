@@ -1,11 +1,11 @@
 """The locality FFN block on its own: shapes, prefix tokens, grids, knobs and their parameter
 counts."""
 
-import math
 
 import pytest
 import torch
 
+from helpers import eca_kernel, ffn_params
 from trainers.config import ModelConfigError
 from trainers.locality import (
     ACTIVATIONS,
@@ -15,25 +15,6 @@ from trainers.locality import (
     merge_locality,
     resolve_layers,
 )
-
-
-def eca_kernel(channels: int) -> int:
-    """ECA-Net's adaptive rule (REFERENCE.md section 2): t = int(|(log2 C + 1) / 2|), made odd."""
-    t = int(abs((math.log2(channels) + 1) / 2))
-    return t if t % 2 else t + 1
-
-
-def expected_params(dim: int, act: str, expansion: int, se_hidden: int, dw_conv: bool) -> int:
-    """Closed form from REFERENCE.md section 2 (no biases in convs, BN has weight + bias)."""
-    hidden = expansion * dim
-    n = dim * hidden + 2 * hidden  # 1x1 expand + BN
-    if dw_conv:
-        n += hidden * 9 + 2 * hidden  # 3x3 depth-wise + BN
-    if act == "hs+se":
-        n += hidden * se_hidden + se_hidden + se_hidden * hidden + hidden
-    elif act in ("hs+eca", "hs+ecah"):
-        n += eca_kernel(hidden)  # one 1-D conv over channels, no bias
-    return n + hidden * dim + 2 * dim  # 1x1 project + BN
 
 
 @pytest.mark.parametrize("channels,kernel", [(192, 5), (384, 5), (576, 5), (768, 5), (1152, 5),
@@ -53,7 +34,7 @@ def test_parameter_count_matches_closed_form(act, expansion, reduction, dw_conv)
     spec = LocalitySpec(act=act, expansion=expansion, reduction=reduction, dw_conv=dw_conv)
     block = LocalityFeedForward(192, spec)
     got = sum(p.numel() for p in block.parameters())
-    assert got == expected_params(192, act, expansion, expansion * 192 // reduction, dw_conv)
+    assert got == ffn_params(192, expansion, expansion * 192 // reduction, act, dw_conv)
 
 
 def test_deit_tiny_block_difference_is_the_papers():

@@ -1,4 +1,4 @@
-"""The locality FFN's values against a hand-written reference computation (REFERENCE.md section 2).
+"""The locality FFN's values against a hand-written reference computation (docs/paper.md section 2).
 
 `reference_ffn` below is written from the paper's description with plain functional ops, never
 from trainers/locality.py: prefix tokens split off, Seq2Img (row-major grid), 1x1 conv -> BN ->
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import eca_kernel
 from trainers.locality import ACTIVATIONS, LocalityFeedForward, LocalitySpec
 
 DIM, EXPANSION, REDUCTION = 32, 4, 16
@@ -24,11 +25,6 @@ HIDDEN = EXPANSION * DIM            # 128 channels: ECA-Net's rule gives a kerne
 SE_HIDDEN = HIDDEN // REDUCTION     # 8
 GRID = (3, 4)                       # non-square on purpose
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1     # torch's BatchNorm2d defaults, as in the authors' code
-
-
-def eca_kernel(channels: int) -> int:
-    t = int(abs((math.log2(channels) + 1) / 2))
-    return t if t % 2 else t + 1
 
 
 def _act(act: str):
@@ -76,7 +72,7 @@ def _bn_state(bn):
 
 
 def weights_by_role(block, act, dw_conv):
-    """The block's tensors by their role in REFERENCE.md, found by shape (not by module order or
+    """The block's tensors by their role in docs/paper.md, found by shape (not by module order or
     name), with a check that the block holds exactly these layers and nothing else."""
     convs = [m for m in block.modules() if type(m) is nn.Conv2d]
     bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -163,7 +159,7 @@ def test_eval_mode_uses_the_running_statistics(act):
 
 
 def test_deit_locality_block_is_attention_then_the_ffn_without_layernorm():
-    # REFERENCE.md section 2: norm2 is removed; the FFN (with its own residual) takes the output of
+    # docs/paper.md section 2: norm2 is removed; the FFN (with its own residual) takes the output of
     # the attention branch, class token first.
     from trainers import registry
 

@@ -27,8 +27,10 @@ from dataclasses import replace
 import pytest
 from local_ports import free_port
 
-from orchestrator.events import TrialOutcome
-from orchestrator.tracking import MlflowSink, browse_url, mlflow_ui_command, sweep_browse_url
+from orchestrator.sinks.base import TrialOutcome
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import mlflow_ui_command, sweep_browse_url
+from orchestrator.sinks.mlflow_view import browse_url
 
 try:
     from sink_scenario import METRIC, curve, feed, scenario
@@ -108,7 +110,7 @@ def test_sweep_browse_url_names_a_missing_sweep_and_creates_no_store(tmp_path):
 
 
 def test_an_http_tracking_server_is_its_own_ui(store, monkeypatch):
-    from orchestrator import tracking
+    from orchestrator.sinks import mlflow_store
 
     class Client:  # no server here: only the base of the link is under test
         def __init__(self, tracking_uri):
@@ -118,7 +120,7 @@ def test_an_http_tracking_server_is_its_own_ui(store, monkeypatch):
             return type("Exp", (), {"experiment_id": "7", "tags": {}})()
 
     monkeypatch.setattr("mlflow.MlflowClient", Client)
-    assert tracking.sweep_browse_url("http://10.0.0.1:8080", "unit").startswith(
+    assert mlflow_store.sweep_browse_url("http://10.0.0.1:8080", "unit").startswith(
         "http://10.0.0.1:8080/#/experiments/7/runs?workflowType=machine_learning")
 
 

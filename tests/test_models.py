@@ -8,6 +8,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.tnt import TNT
 from timm.models.vision_transformer import Block
 
+from helpers import check_trains
 from trainers import registry
 from trainers.backbones.deit import LocalityBlock
 from trainers.backbones.swin import LocalitySwinBlock
@@ -19,14 +20,7 @@ PAPER = [n for n in registry.list_models() if n not in SMALL]
 
 def _train_step(model, img_size, batch=2, num_classes=10):
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
-    model.train()
-    out = model(torch.randn(batch, 3, height, width))
-    assert out.shape == (batch, num_classes)
-    assert torch.isfinite(out).all()
-    torch.nn.functional.cross_entropy(out, torch.arange(batch) % num_classes).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"parameters without a gradient: {missing[:5]}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    check_trains(model, torch.randn(batch, 3, height, width), num_classes)
 
 
 @pytest.mark.parametrize("name", SMALL)

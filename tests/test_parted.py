@@ -11,10 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import orchestrator.tables as tables
-from orchestrator._parted import PARTS_DIR, PartedTable
-from orchestrator.events import TrialInfo, TrialOutcome
-from orchestrator.tables import (
+import orchestrator.sinks.parquet as tables
+from orchestrator.sinks.base import TrialInfo, TrialOutcome
+from orchestrator.sinks.parquet import (
     EPOCHS_FILE,
     TRIALS_FILE,
     ParquetSink,
@@ -23,6 +22,7 @@ from orchestrator.tables import (
     read_trials,
     table_exists,
 )
+from orchestrator.sinks.parted import PARTS_DIR, PartedTable
 
 SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("step", pa.int64()),
                     pa.field("value", pa.float64())])
@@ -187,7 +187,7 @@ def test_a_seal_cut_short_is_not_read_twice_and_is_cleared(tmp_path):
 
 
 def test_a_failed_log_write_loses_no_earlier_write_and_the_log_is_sealed(tmp_path, monkeypatch):
-    import orchestrator._parted as parted
+    import orchestrator.sinks.parted as parted
 
     path = tmp_path / "t.parquet"
     table = _logged(path)
@@ -237,7 +237,7 @@ def test_a_trial_end_writes_what_it_adds_not_the_whole_table(tmp_path, monkeypat
     with logs sealed every 40 rows: windows with the same seals and merges (16 epoch seals and
     one level-0 merge, 3 trial seals each). The old layout (both files rewritten at each end)
     wrote 3.7 times more in the second window of 64; the log and parts write the same."""
-    import orchestrator._parted as parted
+    import orchestrator.sinks.parted as parted
 
     written: list[int] = []
 

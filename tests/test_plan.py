@@ -8,8 +8,8 @@ import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import build_plan, resolve_sample, trial_key
-from orchestrator.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from orchestrator.spec import load_spec, spec_from_dict
+from orchestrator.spec.smoke import SMOKE_EPOCHS, SMOKE_STEPS_PER_EPOCH, shrink_config, shrink_spec
 from trainers.config import TrainConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -246,29 +246,38 @@ class _Counting:
         return getattr(self.inner, name)
 
 
-def test_each_trial_config_is_validated_once_from_plan_to_model(monkeypatch, tmp_path):
-    """The schema and the trainer's checks run once per trial config, at planning (shared by the
-    arm's seeds); the worker trains the planned config without checking it again."""
+def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp_path):
+    """The schema and the trainer's checks run once per design point, from the spec to the
+    worker: base when the spec is read (the plan starts from that config), every other point at
+    planning (shared by the arm's seeds); the worker trains the planned config as it is."""
     import importlib
 
     import ray.tune
 
-    from orchestrator import trainable
+    from orchestrator.plan import checks as plan_checks
+    from orchestrator.tune import trainable
 
     train_mod = importlib.import_module("trainers.train")  # the package exports the function too
+
+    schema = _Counting(TrainConfig.__pydantic_validator__)
+    monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
+    checks = []
+    real_check = train_mod.validate_config
+
+    def counted_check(cfg):
+        checks.append(cfg)
+        real_check(cfg)
+
+    # The trainer's checks, wherever they are called from: the plan and the trainer itself.
+    monkeypatch.setattr(train_mod, "validate_config", counted_check)
+    monkeypatch.setattr(plan_checks, "validate_config", counted_check)
 
     spec = small_spec(base={"model": {"backbone": "localvit_micro"},
                             "data": {"name": "digits", "img_size": 16},
                             "train": {"epochs": 1, "batch_size": 32, "ema": False,
                                       "steps_per_epoch": 2}},
                       axes={"model.locality.act": ["hs"]})
-    schema = _Counting(TrainConfig.__pydantic_validator__)
-    monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
-    checks = []
-    real_check = train_mod.validate_config
-    monkeypatch.setattr(train_mod, "validate_config", lambda cfg: (checks.append(cfg),
-                                                                   real_check(cfg))[1])
-
+    assert schema.calls == 1 and not checks             # base, as the spec is read
     plan = build_plan(spec, source="t.yaml")
     assert [a.name for a in plan.arms] == ["baseline", "base", "act=hs"]
     assert len(plan.trials) == 6
@@ -316,34 +325,3 @@ def test_a_backbone_axis_names_its_arms_after_the_backbones():
     assert "localvit_pvt_micro,act=relu6" in [a.name for a in factorial.arms]
     arm = next(a for a in factorial.arms if a.name == "localvit_pvt_micro,act=relu6")
     assert arm.aliases == ("backbone=localvit_pvt_micro,act=relu6",)
-
-
-def test_a_resumed_sweep_keeps_the_arm_names_it_started_with(tmp_path):
-    # A sweep started when a backbone axis named its arms backbone=X resumes under those names:
-    # its Tune trials, arm scheduler and rows carry them.
-    from orchestrator._provenance import write_spec_yaml
-    from orchestrator.plan import keep_recorded_names
-    from orchestrator.runner import _recorded_arms, _resolved_spec
-
-    spec = small_spec(axes={"model.backbone": ["pvt_micro", "localvit_pvt_micro"]},
-                      references={"localvit_pvt_micro": "pvt_micro"})
-    plan = build_plan(spec, source="t.yaml")
-    old = _resolved_spec(plan)
-    for t in old["plan"]["trials"]:
-        if t["arm"] in ("pvt_micro", "localvit_pvt_micro"):
-            t["arm"] = f"backbone={t['arm']}"
-    write_spec_yaml(tmp_path, old)
-    recorded = _recorded_arms(tmp_path)
-    assert len(recorded) == len(plan.trials)
-    kept = keep_recorded_names(plan, recorded)
-    assert [a.name for a in kept.arms] == ["baseline", "base", "backbone=pvt_micro",
-                                           "backbone=localvit_pvt_micro"]
-    assert kept.arms[3].aliases == ("localvit_pvt_micro",)
-    assert {(t.key, t.arm) for t in kept.trials} == set(recorded.items())
-    assert kept.references["backbone=localvit_pvt_micro"] == "backbone=pvt_micro"
-    assert "backbone=pvt_micro" in kept.protected
-    assert [t.key for t in kept.trials] == [t.key for t in plan.trials]
-    # Recorded under today's names (or nothing recorded): the plan is unchanged.
-    write_spec_yaml(tmp_path, _resolved_spec(plan))
-    assert keep_recorded_names(plan, _recorded_arms(tmp_path)) is plan
-    assert keep_recorded_names(plan, _recorded_arms(tmp_path / "none")) is plan

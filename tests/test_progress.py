@@ -7,8 +7,8 @@ import re
 
 from rich.console import Console
 
-from orchestrator.progress import ProgressSink
-from orchestrator.tables import ParquetSink
+from orchestrator.sinks.parquet import ParquetSink
+from orchestrator.sinks.progress import ProgressSink
 
 try:
     from sink_scenario import METRIC, feed, scenario
@@ -70,13 +70,13 @@ def test_on_a_terminal_a_live_panel_shows_states_best_rung_and_eta(tmp_path):
 
 
 def test_after_resume_trials_finished_earlier_count_as_finished(tmp_path):
-    from orchestrator.runner import _finished_trials
+    from orchestrator.tune.resume import finished_trials
 
     feed(ParquetSink(), tmp_path)            # the first driver recorded three trials
     console, buf = _console(terminal=False)
     sink = ProgressSink(console=console)
     # The runner reads them from Parquet and hands them to every sink.
-    prior = _finished_trials(tmp_path)
+    prior = finished_trials(tmp_path)
     assert sorted((t.key, t.status) for t in prior) == [
         ("k_base", "completed"), ("k_fail", "failed"), ("k_relu", "stopped")]
     sink.start(sweep_name="unit", storage_dir=str(tmp_path), spec={}, metric=METRIC, mode="max",

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from model_checks import check_trains
 
+from helpers import check_trains, ffn_params, linear, mlp_params
 from trainers.backbones.pvt import PVT_ARCHS, PVTArch, build_pvt, check_pvt_img_size, pvt_depth
 from trainers.config import ModelConfigError
 from trainers.locality import LocalitySpec
@@ -18,25 +18,9 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def linear(i: int, o: int, bias: bool = True) -> int:
-    return i * o + (o if bias else 0)
-
-
-def mlp_params(dim: int, ratio: int) -> int:
-    """norm2 + fc1 + fc2 of a plain block."""
-    return 2 * dim + linear(dim, dim * ratio) + linear(dim * ratio, dim)
-
-
-def locality_params(dim: int, gamma: int, se_hidden: int) -> int:
-    """1x1 conv + BN, 3x3 depth-wise + BN, SE (with biases), 1x1 conv + BN (REFERENCE.md sec. 2)."""
-    hidden = gamma * dim
-    return (dim * hidden + 2 * hidden + 9 * hidden + 2 * hidden
-            + linear(hidden, se_hidden) + linear(se_hidden, hidden) + hidden * dim + 2 * dim)
-
-
 def pvt_params(patches, dims, ratios, depths, srs, grid0, classes=1000, in_chans=3,
                gammas=None, local_blocks=None) -> int:
-    """Closed form of the authors' PVT v1 (REFERENCE.md section 3, "Details ...")."""
+    """Closed form of the authors' PVT v1 (docs/paper.md section 3, "Details ...")."""
     total, width, side, index = 0, in_chans, grid0, 0
     for s, (p, d, r, depth, sr) in enumerate(zip(patches, dims, ratios, depths, srs, strict=True)):
         side //= p
@@ -49,7 +33,7 @@ def pvt_params(patches, dims, ratios, depths, srs, grid0, classes=1000, in_chans
                 total += d * d * sr * sr + d + 2 * d  # SR conv (bias) + LayerNorm
             if local_blocks is not None and index in local_blocks:
                 g = gammas[s]
-                total += locality_params(d, g, g)  # reduction = dim: SE hidden = gamma
+                total += ffn_params(d, g, g)  # reduction = dim: SE hidden = gamma
             else:
                 total += mlp_params(d, r)
             index += 1

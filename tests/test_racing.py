@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats
 
-from orchestrator import racing
+from orchestrator.scheduling import decisions as racing
 
 REFS = {"a": "baseline", "b": "baseline", "c": "baseline", "d": "baseline"}
 ORDER = ["baseline", "a", "b", "c", "d"]

@@ -1,4 +1,5 @@
-"""Every reach into Ray internals (orchestrator/_ray_compat.py) checked against the installed Ray.
+"""Every reach into Ray internals (orchestrator/tune/ray_compat.py), checked against the installed
+Ray.
 
 ASHA's rung and cutoff are checked against the decisions Ray's own ASHAScheduler takes; the
 restored callback and scheduler by restoring a real Tuner and seeing which instances Tune then
@@ -26,7 +27,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.utils.mock_trainable import MyTrainableClass
 
-from orchestrator import _ray_compat as compat
+from orchestrator.tune import ray_compat as compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +247,7 @@ def test_preloading_workers_start_with_the_trial_modules_imported(tmp_path):
     script = tmp_path / "preload.py"
     script.write_text(
         "import sys, ray\n"
-        "from orchestrator._ray_compat import preloading_workers\n"
+        "from orchestrator.tune.ray_compat import preloading_workers\n"
         "@ray.remote\n"
         "class Probe:\n"
         "    def __init__(self):\n"

@@ -1,4 +1,4 @@
-"""`ray up` with ray_cluster.yaml's own setup and start commands, on this machine (issue 9).
+"""`ray up` with ray_cluster.yaml's own setup and start commands, on this machine.
 
 No cloud is reachable from CI, so the cluster is Ray's local provider against an sshd on
 127.0.0.1: the local variant of `ray_cluster.yaml` keeps its file mounts, setup commands and

@@ -1,17 +1,17 @@
 """The model registry: names, exact parameter counts, the ablation grid, errors, timm registration.
 
-Expected counts come from REFERENCE.md (DeiT-T, LocalViT-T), from timm's own models for the timm
-baselines, and from the closed form of the locality FFN (REFERENCE.md section 2) otherwise; they
+Expected counts come from docs/paper.md (DeiT-T, LocalViT-T), from timm's own models for the timm
+baselines, and from the closed form of the locality FFN (docs/paper.md section 2) otherwise; they
 never come from the code under test.
 """
 
-import math
 import random
 
 import pytest
 import timm
 import torch
 
+from helpers import ffn_params, mlp_params
 from trainers import registry
 from trainers.backbones import FAMILIES
 from trainers.config import ConfigError, LocalityConfig, ModelConfig, ModelConfigError
@@ -23,29 +23,6 @@ PAPER_MODELS = ["deit_tiny", "deit_small", "pvt_tiny", "tnt_tiny", "t2t_vit_7", 
 SMALL_MODELS = ["vit_micro", "localvit_micro", "pvt_micro", "localvit_pvt_micro", "tnt_micro",
                 "localvit_tnt_micro", "t2t_vit_micro", "localvit_t2t_micro", "swin_micro",
                 "localvit_swin_micro"]
-
-
-def ffn_params(dim, expansion=4, se_hidden=4, act="hs+se", dw_conv=True):
-    hidden = expansion * dim
-    n = dim * hidden + 2 * hidden + hidden * dim + 2 * dim  # two 1x1 convs (no bias) + BNs
-    n += (9 * hidden + 2 * hidden) if dw_conv else 0
-    if act == "hs+se":
-        n += 2 * hidden * se_hidden + se_hidden + hidden
-    elif act in ("hs+eca", "hs+ecah"):
-        n += eca_kernel(hidden)
-    return n
-
-
-def eca_kernel(channels):
-    """ECA-Net's adaptive rule (REFERENCE.md section 2): 5 for every width 192 ... 1152."""
-    t = int(abs((math.log2(channels) + 1) / 2))
-    return t if t % 2 else t + 1
-
-
-def mlp_params(dim, ratio=4):
-    """LayerNorm + GELU MLP with biases: what the locality FFN replaces."""
-    hidden = int(dim * ratio)
-    return 2 * dim + dim * hidden + hidden + hidden * dim + dim
 
 
 def count(model):
@@ -82,8 +59,8 @@ def expected_counts():
     deit_t, deit_s = 5_717_416, _timm_count("deit_small_patch16_224")
     swin_t, tnt_t = _timm_count("swin_tiny_patch4_window7_224"), _tnt_t_count()
     return {
-        "deit_tiny": deit_t,  # REFERENCE.md
-        "localvit_tiny": 5_908_696,  # REFERENCE.md
+        "deit_tiny": deit_t,  # docs/paper.md
+        "localvit_tiny": 5_908_696,  # docs/paper.md
         "localvit_tiny_se4": deit_t + 12 * (ffn_params(192, se_hidden=192) - mlp_params(192)),
         "deit_small": deit_s,
         "localvit_small": deit_s + 12 * (ffn_params(384) - mlp_params(384)),

@@ -21,10 +21,10 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from orchestrator import report as report_mod
-from orchestrator.events import TrialInfo, TrialOutcome
-from orchestrator.racing import Decision, write_decisions
 from orchestrator.report import ReportError, main, verdict_table, write_report
-from orchestrator.tables import ParquetSink
+from orchestrator.scheduling.decisions import Decision, write_decisions
+from orchestrator.sinks.base import TrialInfo, TrialOutcome
+from orchestrator.sinks.parquet import ParquetSink
 from trainers.config import apply_overrides, train_config_from_dict
 
 METRIC = "val/top1"
@@ -292,20 +292,6 @@ def test_backbone_table_pairs_each_arm_with_its_own_reference(tmp_path):
     assert "pvt_micro: seed(s) 1 stopped early at rung 1 (epoch 2): not averaged in" in md
 
 
-def test_old_spec_without_factors_or_references_compares_with_the_baseline(tmp_path):
-    spec = {k: v for k, v in ABLATION_SPEC.items() if k != "plan"}
-    spec["plan"] = {"arms": {a: {"overrides": dict(v["overrides"]), "aliases": v["aliases"]}
-                             for a, v in ABLATION_SPEC["plan"]["arms"].items()}}
-    trials = [t for t in _ablation_trials() if t["arm"] in ("baseline", "localvit", "act=relu6")]
-    directory = build_sweep(tmp_path / "old", spec, trials)
-    from orchestrator._report_inputs import load_sweep
-
-    inputs = load_sweep(directory)
-    assert inputs.arm("act=relu6").factors == {"model.locality.act": "relu6"}
-    assert inputs.arm("localvit").reference == "baseline"
-    assert inputs.arm("baseline").reference is None
-
-
 # --------------------------------------------------------------------------------- a search
 
 SEARCH_SPEC = {
@@ -414,7 +400,7 @@ def test_a_failure_while_building_leaves_the_previous_report(good_copy, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr("orchestrator._report_plots.size_plots", boom)
+    monkeypatch.setattr("orchestrator.report.plots.size_plots", boom)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(good_copy)
     assert _snapshot(good_copy / "report") == before
@@ -433,7 +419,7 @@ def test_plots_of_a_large_study_show_the_largest_differences_and_say_how_many(tm
                                                                               monkeypatch):
     """60 arms: the curves show 24 panels and the differences 40 rows, the arms with the largest
     |difference| (ties broken by order), and each title says how many of how many."""
-    from orchestrator import _report_plots as plots
+    from orchestrator.report import plots
 
     arms = ["baseline", *(f"a{i:02d}" for i in range(60))]
     diffs = {a: (i % 7) * 0.01 * (-1) ** i for i, a in enumerate(arms[1:])}

@@ -1,5 +1,5 @@
 """Ctrl-C (SIGINT) and SIGTERM (`timeout`, batch schedulers, `ray stop`) stop a sweep cleanly
-(issue 10): the driver exits 1 with the resume hint and no stack dump, the trial that was running
+: the driver exits 1 with the resume hint and no stack dump, the trial that was running
 is KILLED in MLflow (none left RUNNING) with its rows kept in Parquet, and `--resume` completes
 the sweep to the same trials an uninterrupted run gives. SIGKILL (nothing to handle) before the
 first result and during the final writes: `--resume` still ends every trial once in Parquet and

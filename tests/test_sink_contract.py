@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from orchestrator.progress import ProgressSink
-from orchestrator.runner import _finished_trials
-from orchestrator.tables import ParquetSink, read_epochs, read_trials
-from orchestrator.tracking import MlflowSink
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.parquet import ParquetSink, read_epochs, read_trials
+from orchestrator.sinks.progress import ProgressSink
+from orchestrator.tune.resume import finished_trials
 
 try:
     from sink_scenario import METRIC, feed, scenario
@@ -108,7 +108,7 @@ def test_a_resumed_drivers_replay_leaves_one_record_per_trial(kind, tmp_path):
     first = kind.make(tmp_path)
     # The first driver recorded every sink's events (Parquet always: the system of record).
     feed([first] if kind.name == "parquet" else [first, ParquetSink()], sweep_dir)
-    prior = _finished_trials(sweep_dir)
+    prior = finished_trials(sweep_dir)
     assert {t.key: t.status for t in prior} == STATUSES
     replay = kind.make(tmp_path)
     feed(replay, sweep_dir, prior=prior)

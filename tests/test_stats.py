@@ -1,4 +1,5 @@
-"""orchestrator.stats against known answers: planted effects, null arms, scipy and statsmodels."""
+"""orchestrator.report.stats against known answers: planted effects, null arms, scipy and
+statsmodels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator import stats
+from orchestrator.report import stats
 
 
 def _planted(effect: float, n: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +109,7 @@ def test_verdict_is_sign_aware():
 
 
 def test_better_and_best_follow_the_mode():
-    from orchestrator.events import best_of, is_better
+    from orchestrator.sinks.base import best_of, is_better
 
     assert is_better(0.9, 0.8, "max") and not is_better(0.8, 0.9, "max")
     assert is_better(0.8, 0.9, "min") and not is_better(0.9, 0.8, "min")

@@ -16,7 +16,7 @@ import driver_process
 import pandas as pd
 import pytest
 
-from orchestrator.tables import TRIALS_FILE, read_epochs, read_trials, table_exists
+from orchestrator.sinks.parquet import TRIALS_FILE, read_epochs, read_trials, table_exists
 from tiny_study import two_arm_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,14 +116,15 @@ def test_a_cut_short_tune_session_is_set_aside_for_the_one_before(tmp_path):
     import pickle
 
     from orchestrator.plan import build_plan
-    from orchestrator.runner import _saved_state, _set_aside_damaged_state, _tune_experiment_dir
     from orchestrator.spec import load_spec
+    from orchestrator.tune.resume import set_aside_damaged_state
+    from orchestrator.tune.storage import saved_state, tune_experiment_dir
 
     spec = tmp_path / "cut.yaml"
     spec.write_text(two_arm_spec("cut", "{}"))
     plan = build_plan(load_spec(spec, ["run.storage=" + str(tmp_path / "s")]), source="cut.yaml",
                       data_required=False)
-    experiment = Path(_tune_experiment_dir(plan))
+    experiment = Path(tune_experiment_dir(plan))
     experiment.mkdir(parents=True)
     searcher = pickle.dumps({"variants": list(range(100))})
     (experiment / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
@@ -133,15 +134,15 @@ def test_a_cut_short_tune_session_is_set_aside_for_the_one_before(tmp_path):
         (experiment / f"basic-variant-state-{session}.json").write_bytes(searcher)
     cut = experiment / f"basic-variant-state-{new}.json"
     cut.write_bytes(searcher[:-5])
-    assert _set_aside_damaged_state(plan)
+    assert set_aside_damaged_state(plan)
     assert sorted(p.name for p in experiment.glob("*.damaged")) == [
         f"basic-variant-state-{new}.json.damaged", f"experiment_state-{new}.json.damaged"]
-    assert _saved_state(plan)                           # the older session is there to restore
-    assert not _set_aside_damaged_state(plan)           # and it is whole: left alone
+    assert saved_state(plan)                           # the older session is there to restore
+    assert not set_aside_damaged_state(plan)           # and it is whole: left alone
 
     # A cut-short experiment state, and then a cut-short tuner: nothing left to restore.
     (experiment / f"experiment_state-{old}.json").write_text('{"trial_data": [{"a": "cut sh')
     (experiment / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1})[:-1])
-    assert _set_aside_damaged_state(plan)
-    assert not _saved_state(plan)
+    assert set_aside_damaged_state(plan)
+    assert not saved_state(plan)
     assert not list(experiment.glob("*.json")) and not (experiment / "tuner.pkl").exists()

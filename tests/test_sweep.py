@@ -48,7 +48,7 @@ def smoke(ray_session, tmp_path_factory):
 
 
 def trials_of(storage: Path, stem: str):
-    from orchestrator.tables import read_trials
+    from orchestrator.sinks.parquet import read_trials
 
     return read_trials(storage / NAMES[stem])
 
@@ -64,8 +64,8 @@ def mlflow_runs(storage: Path, stem: str) -> list:
 
 def planned_count(stem: str) -> int:
     from orchestrator.plan import build_plan
-    from orchestrator.smoke import shrink_spec
     from orchestrator.spec import load_spec
+    from orchestrator.spec.smoke import shrink_spec
 
     plan = build_plan(shrink_spec(load_spec(SPACES / f"{stem}.yaml")), source=stem, smoke=True)
     return plan.num_trials
@@ -95,7 +95,7 @@ def test_one_child_run_and_one_row_per_trial_and_they_agree(smoke, stem):
         assert row["status"] in ("completed", "stopped")
         assert run.data.metrics["val/top1"] == pytest.approx(row["metric_final"])
         assert run.data.params["train.epochs"] == "3"
-    from orchestrator.tables import read_epochs
+    from orchestrator.sinks.parquet import read_epochs
 
     epochs = read_epochs(storage / NAMES[stem])
     counts = epochs.groupby("trial_key").size().to_dict()

@@ -1,4 +1,4 @@
-"""Parquet is the system of record (issue 10): with the MLflow store unreachable for a whole sweep,
+"""Parquet is the system of record: with the MLflow store unreachable for a whole sweep,
 the sweep still runs every trial, writes every Parquet row, says so once and exits 1; then
 `python -m orchestrator.sync` brings MLflow up to date from Parquet, exactly and repeatably (a
 second sync adds nothing). A missing or unreadable table is bad input (exit 2, naming the file).

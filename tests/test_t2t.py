@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from model_checks import check_trains
 
+from helpers import check_trains, ffn_params, linear
 from trainers.backbones.t2t import (
     T2T_ARCHS,
     PerformerTokenLayer,
@@ -31,20 +31,9 @@ def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return count_params(model)
 
 
-def linear(i: int, o: int) -> int:
-    return i * o + o
-
-
-def locality_params(dim: int, gamma: int, se_hidden: int | None) -> int:
-    """1x1 conv + BN, 3x3 depth-wise + BN, optional SE (with biases), 1x1 conv + BN."""
-    hidden = gamma * dim
-    se = 0 if se_hidden is None else linear(hidden, se_hidden) + linear(se_hidden, hidden)
-    return dim * hidden + 2 * hidden + 9 * hidden + 2 * hidden + se + hidden * dim + 2 * dim
-
-
 def t2t_params(*, embed, depth, mlp, token_dim, kernels, n_tokens, in_chans=3, classes=1000,
                block_local=None, token_local=False) -> tuple[int, int]:
-    """Closed form of the authors' T2T-ViT (REFERENCE.md section 3): (all, frozen)."""
+    """Closed form of the authors' T2T-ViT (docs/paper.md section 3): (all, frozen)."""
     frozen = 0
     total, width = 0, in_chans
     for kernel in kernels[:-1]:  # Performer token layers
@@ -54,7 +43,7 @@ def t2t_params(*, embed, depth, mlp, token_dim, kernels, n_tokens, in_chans=3, c
         total += m * token_dim  # frozen random projection
         frozen += m * token_dim
         if token_local:  # gamma 1, h-swish, no SE; the unused LayerNorm(64) is not created
-            total += locality_params(token_dim, 1, None)
+            total += ffn_params(token_dim, 1, act="hs")
         else:
             total += 2 * token_dim + 2 * linear(token_dim, token_dim)
         width = token_dim
@@ -66,7 +55,7 @@ def t2t_params(*, embed, depth, mlp, token_dim, kernels, n_tokens, in_chans=3, c
         if block_local is None:
             total += 2 * embed + linear(embed, mlp * embed) + linear(mlp * embed, embed)
         else:
-            total += locality_params(embed, *block_local)
+            total += ffn_params(embed, *block_local)
     total += 2 * embed + linear(embed, classes)
     return total, frozen
 

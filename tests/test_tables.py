@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from orchestrator.events import TrialOutcome
-from orchestrator.tables import (
+from orchestrator.sinks.base import TrialOutcome
+from orchestrator.sinks.parquet import (
     TRIAL_FIELDS,
     ParquetSink,
     atomic_write_bytes,

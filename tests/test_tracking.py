@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.tables import ParquetSink, read_trials
-from orchestrator.tracking import MlflowSink, default_tracking_uri, mlflow_ui_command
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import default_tracking_uri, mlflow_ui_command
+from orchestrator.sinks.parquet import ParquetSink, read_trials
 
 try:
     from sink_scenario import METRIC, curve, feed, scenario
@@ -163,7 +164,7 @@ def test_each_epoch_records_the_node_that_trained_it_and_mlflow_lists_them_in_or
     # driver on a third: Parquet keeps each epoch's node, MLflow's `ray.nodes` tag lists all three.
     from mlflow import MlflowClient
 
-    from orchestrator.tables import read_epochs
+    from orchestrator.sinks.parquet import read_epochs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     infos, _, _ = scenario()

@@ -225,7 +225,7 @@ def test_resume_with_a_different_config_is_refused(straight):
 
 @pytest.mark.parametrize("mixup", [0.0, 0.8])
 def test_the_loss_applies_label_smoothing_with_and_without_mixup(mixup):
-    # REFERENCE.md section 6: label smoothing 0.1. Without Mixup the criterion smooths; with it,
+    # docs/paper.md section 6: label smoothing 0.1. Without Mixup the criterion smooths; with it,
     # Mixup's soft targets carry the smoothing.
     from trainers.train import _build_step_context
 

@@ -58,8 +58,8 @@ def _wrap(owner: Any, name: str, after: Any) -> None:
 def install(fault: str) -> None:
     from ray.tune.execution.tune_controller import TuneController
 
-    from orchestrator._callback import SinkCallback
-    from orchestrator._tune_state import CheckpointKeeper
+    from orchestrator.tune.callback import SinkCallback
+    from orchestrator.tune.state import CheckpointKeeper
 
     kind, _, rest = fault.partition(":")
     done: dict[str, bool] = {}

@@ -10,15 +10,14 @@ the file never needs pickle's arbitrary-object loading. Writes are atomic (temp 
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainers._atomic import atomic_write
 from trainers.config import ConfigError
 
 __all__ = [
@@ -69,17 +68,7 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save({"format": FORMAT_VERSION, **state}, fh))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """One training epoch and one evaluation pass: the inner loops of `trainers.train`.
 
-The training step follows the DeiT recipe (REFERENCE.md section 6): Mixup/CutMix on the batch,
+The training step follows the DeiT recipe (docs/paper.md section 6): Mixup/CutMix on the batch,
 soft-target or label-smoothed cross-entropy, mixed precision with a gradient scaler on CUDA,
 optional gradient-norm clipping, a per-update learning-rate schedule and an EMA update after each
 optimizer step. A non-finite loss stops the trial with `TrialDiverged` before the bad update is

@@ -3,7 +3,7 @@
 Duplicate keys are an error (PyYAML keeps the last one, so two `train.lr` keys would quietly
 become one), and `1e-3` is read as the float a researcher means (YAML 1.1 reads a mantissa
 without a dot as a string). Used for trainer configs here and for sweep specs
-(orchestrator/_yaml.py), so both read a file the same way.
+(orchestrator/spec/yaml_file.py), so both read a file the same way.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ section and every arm the sweep plans: YAML, `--set key=value` overrides and sea
 all become a `TrainConfig` here, so an unknown key or a wrong type is caught once, at the edge,
 with its dotted key path. `recipe` names a preset of training values (trainers/recipes.py: the
 paper's DeiT recipe, digits_cpu, cifar) that applies under the explicit values; by default the one
-that fits `data.name`. The field defaults are the DeiT recipe's (REFERENCE.md section 6).
+that fits `data.name`. The field defaults are the DeiT recipe's (docs/paper.md section 6).
 
 The models are frozen pydantic models: hashable, picklable, safe to ship to Ray workers.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
@@ -31,9 +31,11 @@ from pydantic import (
     model_validator,
 )
 
+from trainers._mapping import deep_merge, flatten
+from trainers._yaml import load_yaml
 from trainers.errors import ConfigError, ModelConfigError
 from trainers.locality import ACTIVATIONS, KNOB_CHECKS, LocalitySpec
-from trainers.recipes import AUTO, apply_recipe, check_recipe_name
+from trainers.recipes import AUTO, RECIPES, apply_recipe, check_recipe_name, get_recipe
 
 __all__ = [
     "ACTIVATIONS",
@@ -50,6 +52,7 @@ __all__ = [
     "field_names",
     "format_validation_error",
     "parse_set_args",
+    "switch_recipe",
     "train_config_from_dict",
 ]
 
@@ -177,7 +180,9 @@ class TrainConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _recipe_under_explicit_values(cls, data: Any) -> Any:
-        return apply_recipe(data) if isinstance(data, Mapping) else data
+        if not isinstance(data, Mapping):
+            return data
+        return apply_recipe(data, default_data=DataConfig.model_fields["name"].default)
 
     @field_validator("recipe")
     @classmethod
@@ -263,16 +268,6 @@ def train_config_from_dict(data: Mapping[str, Any] | None, *, source: str = "con
         raise ConfigError(f"{source}: " + "\n  ".join(problems)) from None
 
 
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Set dotted keys (`train.lr`, `model.locality.act`) in a nested mapping, returning a copy.
 
@@ -291,13 +286,10 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
             node = child
         leaf = parts[-1]
         if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping):
-            node[leaf] = _deep_merge(dict(node[leaf]), value)
+            node[leaf] = deep_merge(node[leaf], value)
         else:
             node[leaf] = copy.deepcopy(value)
     return out
-
-
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
 
 def parse_set_args(items: Sequence[str]) -> dict[str, Any]:
@@ -311,11 +303,48 @@ def parse_set_args(items: Sequence[str]) -> dict[str, Any]:
                 f"--set {item!r}: expected key.path=value (for example --set train.lr=1e-3)"
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            # The strict loader reads `1e-3` as the float a researcher means (trainers/_yaml.py).
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        # YAML 1.1 reads `1e-3` (no dot) as a string; a researcher means the number.
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value):
-            value = float(value)
         out[key] = value
+    return out
+
+
+def _field_default(path: tuple[str, ...]) -> Any:
+    """The TrainConfig default at `path`, as JSON data (tuples as lists, as in a config dict)."""
+    cls: Any = TrainConfig
+    for part in path[:-1]:
+        cls = cls.model_fields[part].annotation
+    default = cls.model_fields[path[-1]].get_default(call_default_factory=True)
+    return json.loads(json.dumps(default))
+
+
+def _recipe_values(name: str) -> dict[tuple[str, ...], Any]:
+    """Every key any recipe sets -> recipe `name`'s value (the TrainConfig default if unlisted)."""
+    def keys(values: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+        return {tuple(k.split(".")): v for k, v in flatten(values).items()}
+
+    every = {k for r in RECIPES.values() for k in keys(r.values)}
+    mine = keys(RECIPES[name].values)
+    return {k: mine[k] if k in mine else _field_default(k) for k in every}
+
+
+def switch_recipe(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A resolved TrainConfig dict moved onto recipe `name`: each value equal to its old
+    recipe's takes the new recipe's; values the config chose itself stay. Idempotent."""
+    get_recipe(name)
+    out = copy.deepcopy(dict(config))
+    old = config.get("recipe")
+    if old == name:
+        return out
+    before = _recipe_values(old) if old in RECIPES else {}
+    for key, value in _recipe_values(name).items():
+        node = out
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        current = node.get(key[-1])
+        if key in before and json.loads(json.dumps(current)) == before[key]:
+            node[key[-1]] = copy.deepcopy(value)
+    out["recipe"] = name
     return out

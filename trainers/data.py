@@ -1,4 +1,4 @@
-"""Datasets behind one interface, with the DeiT recipe's transforms (REFERENCE.md section 6).
+"""Datasets behind one interface, with the DeiT recipe's transforms (docs/paper.md section 6).
 
 `digits` (scikit-learn's 1797 8x8 handwritten digits, no download) is the embedded default, so a
 trial runs anywhere; `cifar10` / `cifar100` (torchvision, from a local root, optional download),

@@ -234,7 +234,7 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 class ECA(nn.Module):
     """Efficient channel attention: pool -> 1-D conv (adaptive k, no bias) across channels -> gate.
 
-    The kernel size follows ECA-Net's rule for `channels` unless given (REFERENCE.md section 2);
+    The kernel size follows ECA-Net's rule for `channels` unless given (docs/paper.md section 2);
     the LocalViT authors' ECA variants use that rule, so a fixed k = 3 would miss 2 parameters
     per block.
     """

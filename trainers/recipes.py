@@ -8,9 +8,9 @@ exactly what ran. `recipe: auto` (the default) takes the recipe that fits `data.
 (`RECIPE_FOR_DATA`): the ImageNet recipe at batch 1024 on 1,437 digits stays at chance.
 
 A key a recipe does not list keeps its `TrainConfig` default (the defaults are the DeiT recipe's).
-`switch_recipe` moves a resolved config onto another recipe (what `--smoke` does when it shrinks
-an ImageNet study to digits): every value that came from the old recipe takes the new one's,
-values the config chose itself stay.
+`trainers.config.switch_recipe` moves a resolved config onto another recipe (what `--smoke` does
+when it shrinks an ImageNet study to digits): every value that came from the old recipe takes the
+new one's, values the config chose itself stay.
 
     python -m trainers.train --model localvit_micro --data digits --out runs/a   # digits_cpu
     python -m trainers.train --model localvit_tiny --data imagefolder --set data.root=/data/in1k \
@@ -19,12 +19,13 @@ values the config chose itself stay.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from trainers._mapping import deep_merge
+from trainers.errors import ConfigError
 
 __all__ = [
     "AUTO",
@@ -35,7 +36,6 @@ __all__ = [
     "check_recipe_name",
     "get_recipe",
     "recipe_for_data",
-    "switch_recipe",
 ]
 
 AUTO = "auto"
@@ -48,7 +48,7 @@ class Recipe:
     values: Mapping[str, Any]    # nested TrainConfig sections, e.g. {"train": {"epochs": 300}}
 
 
-# The DeiT recipe LocalViT trains with (REFERENCE.md section 6; DeiT, Touvron et al. 2021,
+# The DeiT recipe LocalViT trains with (docs/paper.md section 6; DeiT, Touvron et al. 2021,
 # table 9): ImageNet-1k, 300 epochs, batch 1024, AdamW lr 5e-4 x batch/512, cosine to 1e-5 after
 # 5 warm-up epochs from 1e-6, drop-path 0.1, RandAugment, random erasing, Mixup/CutMix, label
 # smoothing, EMA, mixed precision; evaluation resizes to 256/224 and centre-crops.
@@ -128,8 +128,6 @@ def check_recipe_name(name: Any) -> None:
 
 def get_recipe(name: str) -> Recipe:
     """The recipe called `name`; ConfigError with a did-you-mean otherwise."""
-    from trainers.errors import ConfigError
-
     try:
         check_recipe_name(name)
     except ValueError as err:
@@ -144,73 +142,16 @@ def recipe_for_data(data_name: Any) -> str | None:
     return RECIPE_FOR_DATA.get(data_name) if isinstance(data_name, str) else None
 
 
-def _merge_under(recipe: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
-    """`explicit` over `recipe`, section by section (an explicit null wins too)."""
-    out = copy.deepcopy(dict(recipe))
-    for key, value in explicit.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_under(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A raw TrainConfig mapping with its recipe resolved (auto -> the data's) and the recipe's
-    values merged under the explicit ones. Unknown names pass through for the schema to report."""
+def apply_recipe(data: Mapping[str, Any], default_data: str) -> dict[str, Any]:
+    """A raw TrainConfig mapping with its recipe resolved (auto -> the data's; `default_data` is
+    the dataset when the mapping names none) and the recipe's values merged under the explicit
+    ones. Unknown names pass through for the schema to report."""
     name = data.get("recipe", AUTO)
     if name in (AUTO, None):
         section = data.get("data")
-        data_name = section.get("name", _field_default(("data", "name"))) \
-            if isinstance(section, Mapping) else _field_default(("data", "name"))
+        data_name = section.get("name", default_data) if isinstance(section, Mapping) \
+            else default_data
         name = recipe_for_data(data_name)
     if name not in RECIPES:
         return dict(data)
-    return {**_merge_under(RECIPES[name].values, data), "recipe": name}
-
-
-def _flat(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out: dict[tuple[str, ...], Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out
-
-
-def _field_default(path: tuple[str, ...]) -> Any:
-    from trainers.config import TrainConfig
-
-    cls: Any = TrainConfig
-    for part in path[:-1]:
-        cls = cls.model_fields[part].annotation
-    default = cls.model_fields[path[-1]].get_default(call_default_factory=True)
-    return json.loads(json.dumps(default))  # tuples as lists, as in a resolved config dict
-
-
-def _full_values(name: str) -> dict[tuple[str, ...], Any]:
-    """Every key any recipe sets -> this recipe's value (the TrainConfig default if unlisted)."""
-    keys = {k for r in RECIPES.values() for k in _flat(r.values)}
-    mine = _flat(RECIPES[name].values)
-    return {k: mine[k] if k in mine else _field_default(k) for k in keys}
-
-
-def switch_recipe(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A resolved TrainConfig dict moved onto recipe `name`: each value equal to its old
-    recipe's takes the new recipe's; values the config chose itself stay. Idempotent."""
-    get_recipe(name)
-    out = copy.deepcopy(dict(config))
-    old = config.get("recipe")
-    if old == name:
-        return out
-    before = _full_values(old) if old in RECIPES else {}
-    for key, value in _full_values(name).items():
-        node = out
-        for part in key[:-1]:
-            node = node.setdefault(part, {})
-        current = node.get(key[-1])
-        if key in before and json.loads(json.dumps(current)) == before[key]:
-            node[key[-1]] = copy.deepcopy(value)
-    out["recipe"] = name
-    return out
+    return {**deep_merge(RECIPES[name].values, data), "recipe": name}

@@ -3,7 +3,7 @@
 Every name is a row of `VARIANTS`: a backbone family, its architecture (a frozen dataclass of the
 family), default input size, whether the locality FFN is on by default, the locality knobs a plain
 backbone gets when it is asked for locality, and the paper's figures (LocalViT, Li et al., arXiv
-2104.05707, table 5; REFERENCE.md section 5) so `trainers.profile` can print them beside ours.
+2104.05707, table 5; docs/paper.md section 5) so `trainers.profile` can print them beside ours.
 An ablation knob is never a new name: `create_model("deit_tiny", locality={"act": "relu6"})`.
 
 Each name is also a timm model (`timm.create_model("localvit_tiny")`), registered with its
@@ -76,7 +76,7 @@ class Variant:
     token_locality: Mapping[str, Any] | None = None
 
 
-# Locality defaults per family (REFERENCE.md section 3). "dim" keeps SE hidden = expansion = 4
+# Locality defaults per family (docs/paper.md section 3). "dim" keeps SE hidden = expansion = 4
 # for any width; DeiT's rows spell the paper's absolute reductions.
 _DEIT_T = LocalitySpec(act="hs+se", expansion=4, reduction=192)
 _DEIT_S = LocalitySpec(act="hs+se", expansion=4, reduction=384)

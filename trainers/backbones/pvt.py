@@ -5,7 +5,7 @@ learned position embedding and runs blocks whose attention takes keys and values
 spatially reduced grid (Conv2d k = s = sr_ratio + LayerNorm). The class token joins at stage 4
 (created at stage 4's width, one extra position slot) and the classifier reads it. timm has no PVT
 v1, so it is written here; the tiny row matches the authors' model to the last parameter
-(13,229,288; LocalViT-PVT 13,456,152, REFERENCE.md section 3).
+(13,229,288; LocalViT-PVT 13,456,152, docs/paper.md section 3).
 
 In LocalViT-PVT (Li et al., arXiv 2104.05707) each selected block's `norm2 + MLP` becomes the
 locality FFN with gamma = the stage's MLP ratio and SE hidden = gamma (the variant table's

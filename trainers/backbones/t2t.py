@@ -6,7 +6,7 @@ orthogonal projection), folds them back to their grid and soft-splits again; a L
 the last split to the backbone width. The backbone is a plain ViT with a class token and a frozen
 sinusoid position embedding, its blocks `_blocks.Block` (shared with PVT v1; multi-head attention
 with separate q and kv projections, the same parameters as a fused qkv). timm has no T2T-ViT, so
-it is written here; T2T-ViT-7 matches the authors' model to the last parameter (REFERENCE.md
+it is written here; T2T-ViT-7 matches the authors' model to the last parameter (docs/paper.md
 section 3).
 
 LocalViT-T2T (Li et al., arXiv 2104.05707) swaps the backbone blocks' `norm2 + MLP` for the

@@ -2,7 +2,7 @@
 
 `train(cfg, reporter)` builds the data, the model (through `trainers.registry`) and the training
 recipe the config resolved to (trainers/recipes.py; for ImageNet the DeiT recipe LocalViT trains
-with, REFERENCE.md section 6: AdamW, cosine schedule with warm-up, Mixup/CutMix, label smoothing,
+with, docs/paper.md section 6: AdamW, cosine schedule with warm-up, Mixup/CutMix, label smoothing,
 RandAugment, random erasing, drop-path, EMA, mixed precision) from timm's factories. It reads as
 restore / epoch / checkpoint: `_build` (and `_restore` when resuming), then per epoch `_epoch`
 (train, evaluate) and `_checkpoint` (the full state saved atomically to `out_dir/checkpoint.pt`,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import random
 import time
 from collections.abc import Mapping, Sized
@@ -31,8 +30,10 @@ import numpy as np
 import torch
 
 from trainers import data as data_lib
+from trainers._atomic import atomic_write
 from trainers._checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainers._engine import EpochStats, StepContext, TrialDiverged, evaluate, train_one_epoch
+from trainers._mapping import flatten
 from trainers.config import ConfigError, TrainConfig
 
 __all__ = [
@@ -140,16 +141,7 @@ def check_resume(cfg: TrainConfig, resume_from: str | Path) -> None:
 
 
 def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig) -> None:
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, Mapping) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(saved), flat(cfg.to_dict())
+    a, b = flatten(saved), flatten(cfg.to_dict())
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RUNTIME_KEYS)
     if diff:
         shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:5])
@@ -320,11 +312,7 @@ def _checkpoint(run: _Run, epoch: int, out: Path, wall_time_s: float) -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def _epoch_metrics(stats: EpochStats, val: dict[str, float], ema_val: dict[str, float] | None,

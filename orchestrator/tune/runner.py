@@ -1,0 +1,183 @@
+"""Run (or resume) a plan as a Ray Tune experiment: the one seam between the sweep and Ray.
+
+One driver per sweep (`orchestrator.tune.lock`). Only the driver writes results: a `SinkCallback`
+forwards trial events to the Parquet, MLflow and progress sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from orchestrator.plan.model import Plan
+from orchestrator.sinks.base import Sink, TrialOutcome
+from orchestrator.sinks.mlflow import MlflowSink
+from orchestrator.sinks.mlflow_store import default_tracking_uri
+from orchestrator.sinks.parquet import ParquetSink
+from orchestrator.sinks.progress import ProgressSink
+from orchestrator.tune.callback import SinkCallback
+from orchestrator.tune.cluster import check_capacity
+from orchestrator.tune.lock import DriverLock
+from orchestrator.tune.ray_compat import preloading_workers, quiet_ray
+from orchestrator.tune.resume import (
+    finished_trials,
+    rerun_without_tune_state,
+    set_aside_damaged_state,
+)
+from orchestrator.tune.storage import check_storage, saved_state, storage_problems
+from orchestrator.tune.trainable import run_trial
+from orchestrator.tune.trial import ReporterWrapper
+from orchestrator.tune.tuner import new_tuner, restored_tuner
+
+__all__ = ["TRIAL_MODULES", "SweepResult", "default_sinks", "run_sweep"]
+
+
+@dataclass
+class SweepResult:
+    name: str
+    storage_dir: Path                       # <storage>/<name>
+    tracking_uri: str
+    outcomes: dict[str, TrialOutcome]       # trials that finished in this run, by key
+    num_errors: int                         # trials Tune counts as errored (resumed ones too)
+    interrupted: bool = False
+    sink_errors: list[str] = field(default_factory=list)
+    tune_error: str = ""                    # Tune itself raised (after its trials had ended)
+    storage_errors: list[str] = field(default_factory=list)   # storage not writable at the end
+
+    @property
+    def exit_code(self) -> int:
+        """0: every trial completed or was stopped; 1: a trial failed, a sink broke, the sweep
+        was cut short or its storage could not be written."""
+        failed = any(o.status == "failed" for o in self.outcomes.values())
+        return 1 if (failed or self.num_errors or self.sink_errors or self.interrupted
+                     or self.tune_error or self.storage_errors) else 0
+
+
+def default_sinks(tracking_uri: str) -> list[Sink]:
+    """Parquet first (the durable record), then MLflow, then the live progress view."""
+    return [ParquetSink(), MlflowSink(tracking_uri=tracking_uri), ProgressSink()]
+
+
+def _quiet_ray() -> None:
+    """Our own sinks own the console: Tune's tables, its CSV/JSON/TensorBoard loggers, its
+    tracebacks of failed trials and its warnings stay off (the switches, and what each does in
+    Ray: `_ray_compat.ENV_SWITCHES` and `QUIET_LOGGERS`)."""
+    quiet_ray()
+
+
+# What every trial imports: Ray's workers, started with the cluster while the driver plans, import
+# them first, so a trial's actor starts without importing torch, timm and the models (3 s each).
+TRIAL_MODULES = ("torch", "timm", "trainers", "orchestrator.tune.trainable")
+
+
+def _init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        # "local": a Ray of our own even when `ray start` left a cluster on this machine (a
+        # bare ray.init() would join that one, which the user did not ask for).
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR,
+                 _system_config=preloading_workers(TRIAL_MODULES))
+
+
+def run_sweep(
+    plan: Plan,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    sink_factory: Callable[..., Sequence[Sink]] = default_sinks,
+    tracking_uri: str | None = None,
+    notify: Callable[[str], None] | None = None,
+    wrap_reporter: ReporterWrapper | None = None,
+) -> SweepResult:
+    """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C.
+
+    `notify` gets a line for the user when trials will wait for the autoscaler to add nodes.
+    `wrap_reporter` wraps each trial's reporter in its worker (instrumentation; see
+    `orchestrator.tune.trainable.ReporterWrapper`).
+
+    One driver per sweep (`orchestrator.tune.lock.DriverLock`): a second one gets a StorageError
+    naming the first.
+    """
+    target = check_storage(plan, resume=resume)
+    # Ray first: whether a trial fits a node is known only then, and nothing is created before.
+    _quiet_ray()
+    _init_ray(address)
+    check_capacity(plan, cluster=bool(address), notify=notify)
+    target.mkdir(parents=True, exist_ok=True)
+    with DriverLock(target, f"{plan.source}: run.storage"):
+        skip: frozenset[str] = frozenset()
+        resume = resume and saved_state(plan)
+        if resume and set_aside_damaged_state(plan) and not saved_state(plan):
+            skip = rerun_without_tune_state(plan, target, notify)
+            resume = False
+        return _run_locked(plan, target, resume=resume, sink_factory=sink_factory,
+                           tracking_uri=tracking_uri, skip=skip, wrap_reporter=wrap_reporter)
+
+
+def _run_locked(plan: Plan, target: Path, *, resume: bool,
+                sink_factory: Callable[..., Sequence[Sink]], tracking_uri: str | None,
+                skip: frozenset[str], wrap_reporter: ReporterWrapper | None) -> SweepResult:
+    spec = plan.spec
+    storage_root = Path(spec.run.storage).expanduser().resolve()
+    uri = tracking_uri or default_tracking_uri(storage_root)
+    if skip and all(t.key in skip for t in plan.trials):
+        return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri, outcomes={},
+                           num_errors=0)       # every trial had finished: nothing to run
+
+    res = spec.run.resources_per_trial
+    configs, sampler = plan.configs, plan.sampler     # the workers' and the callback's, alike
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, configs=configs, sampler=sampler,
+                             wrap_reporter=wrap_reporter),
+        {"cpu": res.cpu, "gpu": res.gpu},
+    )
+    if resume:
+        tuner, callback = restored_tuner(plan, trainable)
+    else:
+        tuner, callback = new_tuner(plan, trainable, target, sink_factory, uri, skip)
+    # Restored, it would log to the store saved with the experiment; log where MLflow is now.
+    callback.set_factory_kwargs(tracking_uri=uri)
+    callback.set_prior(finished_trials(target))
+    callback.set_plan(configs, sampler)
+    interrupted, num_errors, tune_error = _fit(tuner, callback)
+    return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
+                       outcomes=dict(callback.outcomes), num_errors=num_errors,
+                       interrupted=interrupted, sink_errors=list(callback.sink_errors),
+                       tune_error=tune_error, storage_errors=storage_problems(plan))
+
+
+def _fit(tuner: Any, callback: SinkCallback) -> tuple[bool, int, str]:
+    """Run the Tuner; SIGTERM stops it as Ctrl-C does. (interrupted, trial errors, Tune's own
+    failure if any); the sinks are finished whatever happens."""
+    interrupted, num_errors, tune_error = False, 0, ""
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    try:
+        num_errors = tuner.fit().num_errors
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as exc:  # noqa: BLE001 - Tune's own failure (e.g. its results unreadable
+        # on a full disk): the sinks hold every trial that ended; --resume continues the rest.
+        interrupted = True
+        tune_error = f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        callback.finish(interrupted=interrupted)
+    return interrupted or callback.interrupted, num_errors, tune_error
+
+
+def _sigterm_as_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM (what `timeout`, batch schedulers and `ray stop` send) stops the sweep the way
+    Ctrl-C does: Tune saves its state and stops the trials (a second signal stops at once)."""
+    signal.raise_signal(signal.SIGINT)
