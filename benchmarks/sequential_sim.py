@@ -22,6 +22,7 @@ RULES = (  # label, spending, batch, calibrate
     ("O'Brien-Fleming, batch 1", "obrien-fleming", 1, True),
     ("O'Brien-Fleming, batch 2", "obrien-fleming", 2, True),
     ("Pocock, batch 1", "pocock", 1, True),
+    ("power family rho 8, batch 1", "power:8", 1, True),
     ("O'Brien-Fleming, batch 1, plain carry-over", "obrien-fleming", 1, False),
 )
 
@@ -39,7 +40,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for start, max_n in DESIGNS:
         for label, spending, batch, calibrate in RULES:
-            design = Design(spending=spending, start=start, max=max_n, batch=batch,  # type: ignore[arg-type]
+            design = Design(spending=spending, start=start, max=max_n, batch=batch,
                             calibrate=calibrate)
             null = simulate(design, effect=0.0, studies=args.studies, seed=args.seed)
             alt = simulate(design, effect=1.0, studies=args.studies, seed=args.seed + 1)

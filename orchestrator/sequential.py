@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from orchestrator._gs_bounds import SPENDINGS, Spending, nominal_p, z_bounds
+from orchestrator._gs_bounds import Spending, nominal_p, spent, z_bounds
 from orchestrator._t_calibration import t_boundary_p
 
 __all__ = [
@@ -56,7 +56,8 @@ SeqVerdict = Literal["better", "worse", "undecided", "n.s."]
 
 @dataclass(frozen=True)
 class Design:
-    """alpha: family-wise two-sided level; spending: "obrien-fleming" or "pocock"; looks at
+    """alpha: family-wise two-sided level; spending: "obrien-fleming", "pocock" or
+    "power:<rho>" (orchestrator._gs_bounds); looks at
     start, start + batch, ..., max paired seeds (max always a look). calibrate: spend alpha on
     the t statistics' own joint null law (orchestrator._t_calibration); False: the plain
     carry-over of the z boundaries' nominal p (about 12% over alpha at n <= 10)."""
@@ -71,8 +72,7 @@ class Design:
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1) but got {self.alpha}")
-        if self.spending not in SPENDINGS:
-            raise ValueError(f"spending must be one of {SPENDINGS} but got {self.spending!r}")
+        spent(self.alpha, self.spending, 0.5)              # raises on an unknown spending
         if self.start < 2:
             raise ValueError(f"start must be at least 2 (a t statistic needs 2 seeds), "
                              f"got {self.start}")
