@@ -29,7 +29,7 @@ PATHS = 200_000
 _SEED = 20261206
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)                      # 12.8 MB an entry at 8 looks
 def null_look_p(looks: tuple[int, ...], paths: int = PATHS) -> np.ndarray:
     """Two-sided paired t-test p-values at each look of `paths` null paths (N(0, 1) differences),
     shaped (paths, K): a fixed seed, so the same array on every call."""
@@ -63,8 +63,9 @@ def t_boundary_p(level: float, spending: Spending, looks: tuple[int, ...],
     crossed = 0
     out: list[float] = []
     for k, n in enumerate(looks):
-        target = round(spent(level, spending, n / max_n) * p.shape[0]) - crossed
         pk = p[alive, k]
+        target = min(round(spent(level, spending, n / max_n) * p.shape[0]) - crossed,
+                     pk.size - 1)
         # The target-th smallest surviving p: exactly `target` paths lie below it.
         b = float(np.partition(pk, target)[target]) if target >= _MIN_CROSSINGS else carried[k]
         hit = p[:, k] < b

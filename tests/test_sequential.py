@@ -72,6 +72,16 @@ def test_spending_shape_obrien_fleming_is_late_and_pocock_is_flat():
     assert of[-1] < po[-1] and of[0] > po[0]
 
 
+@pytest.mark.parametrize("spending", ["obrien-fleming", "power:8"])
+def test_boundaries_loosen_as_the_level_rises(spending):
+    """Recycling raises a question's level; its calibrated boundaries must then be no stricter at
+    any look, or a look that crossed at a lower level would stop crossing."""
+    design = Design(spending=spending, start=3, max=10)
+    rows = np.array([boundary_p(design, 0.05 / k) for k in (5, 4, 3, 2, 1)])
+    assert (np.diff(rows, axis=0) >= 0).all()
+    assert rows[-1, -1] > rows[0, -1] * 3
+
+
 def test_identical_differences_are_evidence_and_zeros_are_not():
     design = Design(start=3, max=8)
     states = decide(design, {"up": [0.033] * 3, "down": [-0.01] * 3, "zero": [0.0] * 3})
