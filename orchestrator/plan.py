@@ -110,6 +110,9 @@ class Plan:
     # Every arm but the baseline -> the arm it is measured against (spec `references`, else the
     # baseline); aliases resolved to arm names.
     references: Mapping[str, str] = field(default_factory=dict)
+    # The study's questions (spec `compare`, orchestrator/questions.py): (arm, its reference)
+    # pairs, the multiple-testing family; every compared arm when the spec does not say.
+    questions: tuple[tuple[str, str], ...] = ()
 
     @property
     def protected(self) -> tuple[str, ...]:
@@ -414,6 +417,7 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
         arms.append(Arm(name, overrides, aliases=others, factors=factors, spellings=others))
         arm_cfgs[name] = cfg
     references = _references(spec, arms, source)
+    questions = _questions(spec, arms, references, source)
     keys = {arm.name: _seed_keys(arm_cfgs[arm.name], spec.seeds) for arm in arms}
     trials = []
     for i, seed in enumerate(spec.seeds):
@@ -422,7 +426,18 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
             trials.append(PlannedTrial(keys[arm.name][i], arm.name, seed, cfg, arm.aliases))
     _check_metric(spec, list(arm_cfgs.values()), source)
     return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
-                warnings=tuple(warnings), references=references)
+                warnings=tuple(warnings), references=references, questions=questions)
+
+
+def _questions(spec: SweepSpec, arms: list[Arm], references: Mapping[str, str],
+               source: str) -> tuple[tuple[str, str], ...]:
+    """The spec's `compare` resolved against the arms; PlanError naming the key if it cannot."""
+    from orchestrator.questions import QuestionError, resolve_questions
+
+    try:
+        return resolve_questions(spec.compare, {a.name: a.aliases for a in arms}, references)
+    except QuestionError as exc:
+        raise PlanError(f"{source}: {exc}") from None
 
 
 def keep_recorded_names(plan: Plan, recorded: Mapping[str, str]) -> Plan:
@@ -453,7 +468,8 @@ def keep_recorded_names(plan: Plan, recorded: Mapping[str, str]) -> Plan:
     trials = tuple(replace(t, arm=renames.get(t.arm, t.arm),
                            aliases=aliases[renames.get(t.arm, t.arm)]) for t in plan.trials)
     references = {renames.get(a, a): renames.get(r, r) for a, r in plan.references.items()}
-    return replace(plan, arms=arms, trials=trials, references=references)
+    questions = tuple((renames.get(a, a), renames.get(r, r)) for a, r in plan.questions)
+    return replace(plan, arms=arms, trials=trials, references=references, questions=questions)
 
 
 def _domain_probe_values(dom) -> list[Any]:

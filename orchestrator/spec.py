@@ -215,8 +215,18 @@ class SweepSpec(_Strict):
     # arm -> the arm it is measured against (its own backbone's baseline, for instance); every
     # other arm is measured against `baseline`. Reference arms are never stopped early.
     references: dict[str, str] = Field(default_factory=dict)
+    # The study's questions (orchestrator/questions.py): a rule (`references`, `leaves`) or a
+    # list of {arm: reference} pairs; absent: every arm against its reference.
+    compare: str | list[dict[str, str]] | None = None
     search: SearchSpec = Field(default_factory=SearchSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _compare_shape(cls, value: Any) -> Any:
+        from orchestrator.questions import check_compare
+
+        return check_compare(value)
 
     @property
     def asha_unit(self) -> str | None:
@@ -429,6 +439,9 @@ def _check_search(spec: SweepSpec, source: str) -> None:
     if spec.references and search.space:
         raise SpecError(f"{source}: references: a search over search.space has no arms to "
                         f"compare; remove references")
+    if spec.compare is not None and search.space:
+        raise SpecError(f"{source}: compare: a search over search.space has no arms to "
+                        f"compare; remove compare")
     if not search.space and search.num_samples != 1:
         raise SpecError(f"{source}: search.num_samples: only a search.space is sampled; a planned "
                         f"design runs every arm x seed once, so remove num_samples")
