@@ -228,3 +228,35 @@ def test_the_exact_sign_flip_test():
 
 def pd_isna(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+# --------------------------------------------------------------------------- the shipped YAMLs
+
+def test_backbones_cpu_asks_exactly_the_five_locality_questions():
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(SPACES / "backbones_cpu.yaml")
+    plan = build_plan(spec, source="backbones_cpu.yaml", data_required=False)
+    assert plan.questions == LOCALITY_CPU
+    # Every question is a LocalViT variant against its plain backbone (the baseline: ViT-micro).
+    backbone = {t.arm: t.backbone for t in plan.trials}
+    for arm, ref in plan.questions:
+        assert backbone[arm].startswith("localvit") and not backbone[ref].startswith("localvit")
+    assert {backbone[ref] for _, ref in plan.questions} == {
+        "vit_micro", "pvt_micro", "tnt_micro", "t2t_vit_micro", "swin_micro"}
+    # The rule says the same as the list.
+    assert cpu_plan("leaves").questions == plan.questions
+
+
+def test_backbones_asks_one_locality_question_per_backbone():
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(SPACES / "backbones.yaml")
+    plan = build_plan(spec, source="backbones.yaml", data_required=False)
+    backbone = {t.arm: t.backbone for t in plan.trials}
+    pairs = {(backbone[a], backbone[r]) for a, r in plan.questions}
+    assert pairs == {("localvit_tiny", "deit_tiny"), ("localvit_small", "deit_small"),
+                     ("localvit_pvt_tiny", "pvt_tiny"), ("localvit_tnt_tiny", "tnt_tiny"),
+                     ("localvit_t2t_7", "t2t_vit_7"), ("localvit_swin_tiny", "swin_tiny")}
+    # Each plain backbone is a reference, so arm-level halving never stops it.
+    assert {r for _, r in plan.questions} <= set(plan.protected)
