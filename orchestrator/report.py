@@ -7,7 +7,8 @@ arms were stopped at rungs) and writes `SWEEP_DIR/report/`:
 
 - `ablation.md`, `ablation.tex` (booktabs), `ablation.html`: every arm against its reference
   (the baseline unless the spec's `references` say otherwise), paired by seed: difference with
-  its 95% interval, paired t-test, Holm over the study's comparisons, Cohen's d_z, Wilcoxon where
+  its 95% interval, paired t-test, Holm over the study's questions (spec `compare`; the other
+  comparisons descriptive), Cohen's d_z, Wilcoxon where
   the number of seeds lets it reach significance, verdict; one table per axis (ofat) as the
   paper's ablation tables; the paper's Table 5 layout for a backbone study; published numbers
   beside ours with `--compare-to` (search_spaces/published/localvit.yaml);

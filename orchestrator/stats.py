@@ -12,7 +12,9 @@ reference seed by seed: the paired differences d_s = arm_s - reference_s. What i
   reach the significance level: with n pairs its smallest two-sided p is 2 / 2^n (0.25 at 3
   seeds, 0.0625 at 5), so below 6 pairs it cannot reject at 0.05 and is reported as None with
   that reason instead of a p that can never be small;
-- across the comparisons of a study: Holm's step-down correction
+- the exact sign-flip permutation test of the mean difference (`sign_flip_p`), which the report
+  uses for a question whose differences have zero variance (t undefined);
+- across the questions of a study: Holm's step-down correction
   (`statsmodels.stats.multitest.multipletests(method="holm")`, `holm`);
 - the verdict: better / worse by the sign of the difference and the metric's mode (`max`: larger
   is better), when the Holm-corrected p is below alpha; otherwise n.s.
