@@ -260,3 +260,15 @@ def test_backbones_asks_one_locality_question_per_backbone():
                      ("localvit_t2t_7", "t2t_vit_7"), ("localvit_swin_tiny", "swin_tiny")}
     # Each plain backbone is a reference, so arm-level halving never stops it.
     assert {r for _, r in plan.questions} <= set(plan.protected)
+
+
+def test_the_dry_run_lists_the_questions(capsys):
+    from orchestrator.sweep import main
+
+    assert main([str(SPACES / "backbones_cpu.yaml"), "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("questions (Holm's family): 5: localvit_micro vs baseline; localvit_pvt_micro vs "
+            "pvt_micro; localvit_tnt_micro vs tnt_micro; localvit_t2t_micro vs t2t_vit_micro; "
+            "localvit_swin_micro vs swin_micro") in out
+    assert main([str(SPACES / "quickstart.yaml"), "--dry-run"]) == 0
+    assert "questions" not in capsys.readouterr().out
