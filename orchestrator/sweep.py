@@ -119,6 +119,9 @@ def _print_plan(plan, console) -> None:
         console.print(_arm_table(plan, title, console.width))
         console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
                       f"trials: {plan.num_trials} (arms x seeds)")
+        if spec.compare is not None:
+            console.print(f"questions (Holm's family): {len(plan.questions)}: "
+                          + "; ".join(f"{a} vs {r}" for a, r in plan.questions))
     asha = spec.search.asha
     if asha is None:
         sched = "none (every trial runs all its epochs)"

@@ -70,6 +70,14 @@ CASES = {
     "arm named like the baseline": (edit("seeds:", "arms:\n  baseline: {train.lr: 1.0e-3}\n"
                                                    "seeds:"), [], "arms.baseline"),
     "duplicate seeds": (edit("[0, 1, 2]", "[0, 1, 1]"), [], "seeds: duplicate seed(s) [1]"),
+    "a question about an unknown arm": (
+        edit("seeds:", "compare:\n  - act=relu7: baseline\nseeds:"), [],
+        "compare.act=relu7: no arm named 'act=relu7'; did you mean 'act=relu6'?"),
+    "a question against another arm than the reference": (
+        edit("seeds:", "compare:\n  - act=relu6: localvit\nseeds:"), [],
+        "compare.act=relu6: 'act=relu6' is measured against 'baseline' (its reference)"),
+    "an unknown compare rule": (edit("seeds:", "compare: everything\nseeds:"), [],
+                                "compare: unknown rule 'everything'"),
     "grace period beyond the epochs": (edit("grace_period: 5", "grace_period: 50"), [],
                                        "search.scheduler.asha.grace_period: 50"),
     "unknown metric": (edit("metric: val/top1", "metric: val_ema/top1"), [], "search.metric"),

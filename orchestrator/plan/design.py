@@ -31,6 +31,7 @@ from orchestrator.plan.model import Arm, Plan, PlannedTrial
 from orchestrator.plan.naming import design_points
 from orchestrator.spec import smoke as smoke_mod
 from orchestrator.spec.model import SweepSpec
+from orchestrator.spec.questions import QuestionError, resolve_questions
 from trainers.config import TrainConfig, apply_overrides
 
 __all__ = ["build_plan"]
@@ -143,6 +144,7 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
         arms.append(Arm(name, overrides, aliases=others, factors=factors, spellings=others))
         arm_cfgs[name] = cfg
     references = _references(spec, arms, source)
+    questions = _questions(spec, arms, references, source)
     keys = {arm.name: seed_keys(arm_cfgs[arm.name], spec.seeds) for arm in arms}
     trials = []
     for i, seed in enumerate(spec.seeds):
@@ -151,4 +153,13 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
             trials.append(PlannedTrial(keys[arm.name][i], arm.name, seed, cfg, arm.aliases))
     check_metric(spec, list(arm_cfgs.values()), source)
     return Plan(spec=spec, source=source, arms=tuple(arms), trials=tuple(trials), smoke=smoke,
-                warnings=tuple(warnings), references=references)
+                warnings=tuple(warnings), references=references, questions=questions)
+
+
+def _questions(spec: SweepSpec, arms: list[Arm], references: Mapping[str, str],
+               source: str) -> tuple[tuple[str, str], ...]:
+    """The spec's `compare` resolved against the arms; PlanError naming the key if it cannot."""
+    try:
+        return resolve_questions(spec.compare, {a.name: a.aliases for a in arms}, references)
+    except QuestionError as exc:
+        raise PlanError(f"{source}: {exc}") from None

@@ -75,6 +75,9 @@ class Plan:
     # Every arm but the baseline -> the arm it is measured against (spec `references`, else the
     # baseline); aliases resolved to arm names.
     references: Mapping[str, str] = field(default_factory=dict)
+    # The study's questions (spec `compare`, orchestrator/spec/questions.py): (arm, its reference)
+    # pairs, the multiple-testing family; every compared arm when the spec does not say.
+    questions: tuple[tuple[str, str], ...] = ()
 
     @property
     def protected(self) -> tuple[str, ...]:

@@ -9,13 +9,18 @@ epoch), from completed trials only:
 - a failed seed (or a completed one whose metric is NaN) is excluded from the arm's estimate and
   from the pairing, and flagged in `notes`;
 - an arm is compared with its reference (the baseline unless the spec says otherwise) over the
-  seeds both finished; Holm's correction runs over every comparison of the sweep that has a p.
+  seeds both finished; Holm's correction runs over the study's questions (spec `compare`, by
+  default every comparison) that have a p; a comparison that is not a question is descriptive
+  (difference and interval, no p, verdict "descriptive");
+- a question whose paired differences have zero variance (t undefined) gets the exact sign-flip
+  permutation test's p (`stats.sign_flip_p`) instead of "n/a".
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -23,11 +28,15 @@ import pandas as pd
 from orchestrator.plan.record import ArmRecord
 from orchestrator.report import stats
 from orchestrator.report.inputs import SweepInputs
+from orchestrator.report.questions import asked
 
 __all__ = ["ARMS_CSV_COLUMNS", "arm_rows"]
 
+# `question` (last, so readers by position keep working): the comparison is one of the study's
+# questions (Holm's family); False for the baseline and for descriptive comparisons.
 ARMS_CSV_COLUMNS = ("arm", "baseline", "n_completed", "n_stopped", "mean", "std", "ci_low",
-                    "ci_high", "diff", "p_value", "p_holm", "verdict", "params", "macs")
+                    "ci_high", "diff", "p_value", "p_holm", "verdict", "params", "macs",
+                    "question")
 _ARM_COLUMNS = ("arm", "seed", "status", "stop_reason", "metric_final", "epochs_run",
                 "backbone", "params", "macs")
 _RUNG_RE = re.compile(r"rung-(\d+)")
@@ -142,11 +151,30 @@ def _compare(row: dict[str, Any], ref: dict[str, Any] | None) -> None:
                             f"{row['baseline']}: left out of the pairing")
     comp = stats.paired_comparison([row["values"][s] for s in seeds],
                                    [ref["values"][s] for s in seeds])
+    if comp.p_value is None and comp.n >= 2 and row["question"]:
+        comp = _exact(row, [row["values"][s] - ref["values"][s] for s in seeds], comp)
     row["comparison"] = comp
-    if comp.p_value is None:
+    if not row["question"]:
+        row["verdict"] = "descriptive"
+    elif comp.p_value is None:
         row["verdict"] = (f"n/a ({comp.n} paired seed{'s' if comp.n != 1 else ''})"
                           if comp.n < 2 else "n/a (zero variance)")
         row["notes"].append(f"no t-test: {comp.note}")
+
+
+def _exact(row: dict[str, Any], diffs: list[float], comp: stats.PairedComparison
+           ) -> stats.PairedComparison:
+    """A question's comparison without variance, with the exact sign-flip test's p."""
+    from orchestrator.report.questions import EXACT_NOTE
+
+    row["exact_p"] = True
+    row["notes"].append(EXACT_NOTE.format(n=comp.n))
+    return replace(comp, p_value=stats.sign_flip_p(diffs))
+
+
+def _descriptive(comp: stats.PairedComparison) -> stats.PairedComparison:
+    """A comparison that is not a question: its difference and interval, no test."""
+    return replace(comp, t=None, p_value=None, wilcoxon_p=None, wilcoxon_note="")
 
 
 def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
@@ -158,14 +186,20 @@ def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
     rows = [_one_arm(inputs, a, roles[a.name], by_arm.get(a.name, narrow.iloc[:0]))
             for a in inputs.arms]
     by_name = {r["arm"]: r for r in rows}
+    questions = asked(inputs)
     for row in rows:
+        row["question"] = bool(row["baseline"]) and (
+            questions is None or (row["arm"], row["baseline"]) in questions)
+        row["exact_p"] = False
         _compare(row, by_name.get(row["baseline"]) if row["baseline"] else None)
+        if not row["question"] and row["comparison"] is not None:
+            row["comparison"] = _descriptive(row["comparison"])
     tested = [r for r in rows
               if r["comparison"] is not None and r["comparison"].p_value is not None]
     # Arms stopped early were planned comparisons too, and early stopping chose the survivors
     # on the same data: the correction counts them (as p = 1), so stopping arms never makes the
     # survivors look more significant than the full study would.
-    stopped = sum(1 for r in rows if r["state"] == "stopped" and r["baseline"])
+    stopped = sum(1 for r in rows if r["state"] == "stopped" and r["question"])
     adjusted = stats.holm([r["comparison"].p_value for r in tested] + [1.0] * stopped, alpha)
     for row, p in zip(tested, adjusted, strict=False):  # the stopped arms' p = 1 come last
         row["p_holm"] = p

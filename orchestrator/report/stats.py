@@ -12,7 +12,9 @@ reference seed by seed: the paired differences d_s = arm_s - reference_s. What i
   reach the significance level: with n pairs its smallest two-sided p is 2 / 2^n (0.25 at 3
   seeds, 0.0625 at 5), so below 6 pairs it cannot reject at 0.05 and is reported as None with
   that reason instead of a p that can never be small;
-- across the comparisons of a study: Holm's step-down correction
+- the exact sign-flip permutation test of the mean difference (`sign_flip_p`), which the report
+  uses for a question whose differences have zero variance (t undefined);
+- across the questions of a study: Holm's step-down correction
   (`statsmodels.stats.multitest.multipletests(method="holm")`, `holm`);
 - the verdict: better / worse by the sign of the difference and the metric's mode (`max`: larger
   is better), when the Holm-corrected p is below alpha; otherwise n.s.
@@ -40,6 +42,7 @@ __all__ = [
     "Summary",
     "holm",
     "paired_comparison",
+    "sign_flip_p",
     "summarize",
     "verdict",
     "wilcoxon_min_p",
@@ -179,3 +182,40 @@ def verdict(diff_mean: float, p_holm: float | None, mode: str, alpha: float = AL
         return "n.s."
     gain = diff_mean if mode == "max" else -diff_mean
     return "better" if gain > 0 else "worse"
+
+
+SIGN_FLIP_MAX_N = 16
+
+
+def sign_flip_p(diffs: Sequence[float]) -> float:
+    """Exact two-sided p of the paired sign-flip permutation test of the mean difference: under
+    "no difference" each paired difference is as likely to have either sign, so p is the share
+    of the 2^n sign patterns whose |sum| is at least the observed |sum| (the observed pattern
+    included). It needs no variance: n differences identical and non-zero give 2 / 2^n (0.25 at 3
+    seeds, 0.03125 at 6), all zero give 1. Every pattern is enumerated for n <= 16; beyond, only
+    differences of one magnitude (the zero-variance case, where it is the exact sign test) are
+    answered, from the binomial law; other inputs raise ValueError."""
+    from scipy import stats
+
+    d = _finite(diffs)
+    if np.isnan(d).any():
+        raise ValueError("paired differences must not contain NaN")
+    n = int(d.size)
+    if n == 0:
+        return 1.0
+    observed = abs(float(d.sum()))
+    tol = 1e-9 * max(1.0, float(np.abs(d).sum()))
+    if n <= SIGN_FLIP_MAX_N:
+        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        sums = np.abs((1 - 2 * bits) @ d)
+        return float(np.count_nonzero(sums >= observed - tol)) / 2**n
+    size = float(np.abs(d).max())
+    if float(np.abs(d).min()) < size - tol:
+        raise ValueError(f"the exact sign-flip test enumerates 2^n sign patterns up to n = "
+                         f"{SIGN_FLIP_MAX_N}; {n} differences of unequal size are too many")
+    if size <= tol:
+        return 1.0
+    # One magnitude: |sum| = size |2k - n| for k positive signs; count k with |2k - n| >= obs.
+    k_obs = round(observed / size)             # |2k - n| of the observed pattern
+    high = (n + k_obs) / 2                     # patterns with 2k - n >= k_obs, and mirrored
+    return float(min(1.0, 2.0 * stats.binom.sf(math.ceil(high) - 1, n, 0.5))) if k_obs else 1.0

@@ -7,7 +7,8 @@ arms were stopped at rungs) and writes `SWEEP_DIR/report/`:
 
 - `ablation.md`, `ablation.tex` (booktabs), `ablation.html`: every arm against its reference
   (the baseline unless the spec's `references` say otherwise), paired by seed: difference with
-  its 95% interval, paired t-test, Holm over the study's comparisons, Cohen's d_z, Wilcoxon where
+  its 95% interval, paired t-test, Holm over the study's questions (spec `compare`; the other
+  comparisons descriptive), Cohen's d_z, Wilcoxon where
   the number of seeds lets it reach significance, verdict; one table per axis (ofat) as the
   paper's ablation tables; the paper's Table 5 layout for a backbone study; published numbers
   beside ours with `--compare-to` (search_spaces/published/localvit.yaml);
@@ -78,21 +79,25 @@ def _counts(inputs: SweepInputs) -> str:
 
 
 def _intro(inputs: SweepInputs, df: pd.DataFrame) -> str:
+    from orchestrator.report.questions import descriptive_text, exact_text, family_text
+
     tested = int(df["p_value"].notna().sum())
-    stopped = int(((df["state"] == "stopped") & df["baseline"].notna()
-                   & (df["baseline"] != "")).sum())
+    stopped = int(((df["state"] == "stopped") & df["question"]).sum())
+    family = family_text(inputs, df)
     seeds = ", ".join(str(s) for s in inputs.seeds) or "?"
     better = "higher" if inputs.mode == "max" else "lower"
     return (f"Sweep {inputs.name}: {len(df)} arms, seeds {seeds}, {len(inputs.trials)} trials "
             f"({_counts(inputs)}). Metric: {inputs.metric}, final value (last epoch) of each "
             f"completed seed; {better} is better. Each arm is compared with its reference over "
             f"the seeds both completed (difference = arm − reference): two-sided paired t-test "
-            f"(scipy), Holm's correction over the {tested} comparison(s) with a p"
+            f"(scipy), "
+            + (family or f"Holm's correction over the {tested} comparison(s) with a p")
             + (f" and the {stopped} arm(s) stopped early (counted with p = 1: they were planned "
                f"comparisons, and stopping chose the survivors on the same data)"
                if stopped else "")
             + f" (statsmodels), verdict better/worse when the Holm p < {stats.ALPHA:g}, else n.s. "
-            f"d_z is Cohen's effect size of the paired differences (mean / SD).")
+            f"d_z is Cohen's effect size of the paired differences (mean / SD)."
+            + descriptive_text(df) + exact_text(df))
 
 
 _CAVEATS = (

@@ -118,6 +118,9 @@ def _check_search(spec: SweepSpec, source: str) -> None:
     if spec.references and search.space:
         raise SpecError(f"{source}: references: a search over search.space has no arms to "
                         f"compare; remove references")
+    if spec.compare is not None and search.space:
+        raise SpecError(f"{source}: compare: a search over search.space has no arms to "
+                        f"compare; remove compare")
     if not search.space and search.num_samples != 1:
         raise SpecError(f"{source}: search.num_samples: only a search.space is sampled; a planned "
                         f"design runs every arm x seed once, so remove num_samples")

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.spec.questions import check_compare
 from trainers.config import TrainConfig, train_config_from_dict
 
 __all__ = ["TUNE_STORAGE_SCHEMES", "AshaSpec", "DomainSpec", "OptunaSpec", "ResourcesSpec",
@@ -183,8 +184,16 @@ class SweepSpec(_Strict):
     # arm -> the arm it is measured against (its own backbone's baseline, for instance); every
     # other arm is measured against `baseline`. Reference arms are never stopped early.
     references: dict[str, str] = Field(default_factory=dict)
+    # The study's questions (orchestrator/spec/questions.py): a rule (`references`, `leaves`) or a
+    # list of {arm: reference} pairs; absent: every arm against its reference.
+    compare: str | list[dict[str, str]] | None = None
     search: SearchSpec = Field(default_factory=SearchSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _compare_shape(cls, value: Any) -> Any:
+        return check_compare(value)
 
     # `base` as a TrainConfig, set by the spec's checks (orchestrator.spec.load) when they
     # validate it, so that the plan starts from it instead of validating base again.
