@@ -262,6 +262,21 @@ def test_backbones_asks_one_locality_question_per_backbone():
     assert {r for _, r in plan.questions} <= set(plan.protected)
 
 
+def test_questions_of_arms_that_smoke_merges_are_one_question_each():
+    # --smoke shrinks DeiT-T and DeiT-S (and their LocalViT twins) to the same micro models:
+    # the two DeiT questions become one question of the merged arms, not an error.
+    from orchestrator.spec import load_spec
+    from orchestrator.spec.smoke import shrink_spec
+
+    spec = shrink_spec(load_spec(SPACES / "backbones.yaml"))
+    plan = build_plan(spec, source="backbones.yaml", smoke=True, data_required=False)
+    backbone = {t.arm: t.backbone for t in plan.trials}
+    assert sorted((backbone[a], backbone[r]) for a, r in plan.questions) == [
+        ("localvit_micro", "vit_micro"), ("localvit_pvt_micro", "pvt_micro"),
+        ("localvit_swin_micro", "swin_micro"), ("localvit_t2t_micro", "t2t_vit_micro"),
+        ("localvit_tnt_micro", "tnt_micro")]
+
+
 def test_the_dry_run_lists_the_questions(capsys):
     from orchestrator.sweep import main
 

@@ -98,6 +98,7 @@ def resolve_questions(compare: Any, arms: Mapping[str, Sequence[str]],
                             f"orchestrator.sweep SPEC --dry-run lists the arms)")
 
     out: list[Question] = []
+    given: set[tuple[str, str]] = set()
     for item in compare:
         ((arm_given, ref_given),) = item.items()
         where = f"compare.{arm_given}"
@@ -112,8 +113,12 @@ def resolve_questions(compare: Any, arms: Mapping[str, Sequence[str]],
                                 f"its own reference: write `{arm_given}: {own}`, or make "
                                 f"'{ref_given}' its reference with `references: "
                                 f"{{{arm_given}: {ref_given}}}`")
-        if (arm, ref) in out:
+        if (arm_given, ref_given) in given:
             raise QuestionError(f"{where}: the question '{arm} against {ref}' is asked twice; "
                                 f"remove one")
-        out.append((arm, ref))
+        given.add((arm_given, ref_given))
+        # Two questions written for arms that the plan merged (one model once shrunk by
+        # --smoke, say) are one question of the merged arm.
+        if (arm, ref) not in out:
+            out.append((arm, ref))
     return tuple(out)
