@@ -242,8 +242,12 @@ class ArmScheduler(TrialScheduler):
         return arm not in self._stopped and not (rung and self._waits(arm, rung))
 
     def _waits(self, arm: str, rung: int) -> bool:
-        """Whether a seed of `arm` at `rung` must wait for the arm's decision there."""
-        return arm not in self._protected and (arm, rung) not in self._decisions
+        """Whether a seed of `arm` at `rung` must wait for the arm's decision there. Under
+        halving, an arm added to a grown study after its cohort was cut at `rung` is not judged
+        there: the logged cut stands and is not remade (docs/design.md, "Growing a study")."""
+        if arm in self._protected or (arm, rung) in self._decisions:
+            return False
+        return not (self._rule == "halving" and any(r == rung for _, r in self._decisions))
 
     def _rung_values(self, arm: str, rung: int) -> dict[int, float]:
         return {seed: v[rung].value for (a, seed), v in self._values.items()
