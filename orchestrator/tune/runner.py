@@ -171,7 +171,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
         tuner, callback = new_tuner(plan, trainable, target, sink_factory, uri, skip)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
-    callback.set_prior(finished_trials(target))
+    # A designed study's own trials only: rows a --rerun-changed superseded are not counted.
+    callback.set_prior([f for f in finished_trials(target) if plan.is_search or f.key in configs])
     callback.set_plan(configs, sampler)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
