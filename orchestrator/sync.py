@@ -6,7 +6,8 @@ finished trial of `trials.parquet`, with its curve from `epochs.parquet`, into t
 the same sink the sweep uses. The sink finds the runs that exist by their trial key and logs only
 what they lack, so a sync is safe to repeat: one parent run per sweep, one child run per trial,
 one metric point per epoch; a run already ended with its row's status and epochs is left as it is
-(a resumed or grown sweep's earlier runs keep their end times). The report folder, when there is one, is logged to the parent run.
+(a resumed or grown sweep's earlier runs keep their end times). The report folder, when there is
+one, is logged to the parent run.
 
 Trials that had not finished when the driver stopped have no row in trials.parquet yet; the next
 `--resume` finishes them and logs them.
