@@ -50,7 +50,7 @@ class ArmScheduler(TrialScheduler):
                  confidence: float = 0.95, margin: float = 0.0, arms: Sequence[str],
                  seeds: Sequence[int], references: Mapping[str, str],
                  protected: Sequence[str], max_concurrent: int | None = None,
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, ended: Sequence[tuple[str, int]] = ()) -> None:
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max' but got {mode!r}")
@@ -66,6 +66,9 @@ class ArmScheduler(TrialScheduler):
         self._protected = tuple(protected)
         self._cap = max_concurrent or math.inf
         self._log_dir = log_dir
+        # Seeds a grown sweep kept from its earlier experiment: ended, never waited for (their
+        # rung values are in the log, unless they ran under per-trial ASHA with one seed).
+        self._ended_before = [(str(a), int(seed)) for a, seed in ended]
         self._reset()
 
     def _reset(self) -> None:
@@ -333,6 +336,8 @@ class ArmScheduler(TrialScheduler):
         if self._loaded:
             return
         self._loaded = True
+        for member in self._ended_before:
+            self._ended.setdefault(member, "completed")
         if not self._log_dir:
             return
         values, decisions = rungs.read_log(self._log_dir)
