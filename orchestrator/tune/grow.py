@@ -99,7 +99,7 @@ def check_growth(plan: Plan, saved_path: Path, *, rerun_changed: bool = False,
     try:
         old = PlanRecord.from_dict(saved["plan"])
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise _not_same(plan, saved_path, keys) from None
+        raise _not_same(plan, saved_path, keys or ["plan"]) from None
     new = PlanRecord.from_plan(plan)
     diff = diff_plans(old, new)
     where = f"{plan.source}: --resume"
