@@ -1,7 +1,7 @@
 """CLI: run a sweep spec on Ray Tune, into MLflow and Parquet.
 
     python -m orchestrator.sweep SPEC [--set key=value ...] [--dry-run] [--resume] [--smoke]
-                                      [--address ADDR]
+                                      [--rerun-changed] [--address ADDR]
 
 Exit codes: 0 every trial completed or was stopped by the scheduler; 1 a trial failed (or the
 run was interrupted, or a result sink broke); 2 bad input (the spec, an override, the storage),
@@ -47,7 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (arms, seeds, trials, compute) and start nothing")
     p.add_argument("--resume", action="store_true",
-                   help="continue the sweep of this name from its saved Tune state")
+                   help="continue the sweep of this name from its saved Tune state; with an "
+                        "edited spec that adds seeds, arms or axis values, run only the new "
+                        "trials")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="with --resume: rerun the finished trials whose config the edited spec "
+                        "changes (their old rows are superseded); without it such a spec is "
+                        "refused")
     p.add_argument("--smoke", action="store_true",
                    help="shrink the sweep to CPU minutes (small variants, digits, few steps)")
     p.add_argument("--address", default=None,
@@ -180,10 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.tune.runner import run_sweep
         from orchestrator.tune.storage import check_storage
 
-        target = check_storage(plan, resume=args.resume)
+        if args.rerun_changed and not args.resume:
+            err.print("error: --rerun-changed goes with --resume (it reruns the changed trials "
+                      "of a sweep that exists)", markup=False, soft_wrap=True)
+            return 2
+        target = check_storage(plan, resume=args.resume, rerun_changed=args.rerun_changed)
         if args.resume:
             _catch_up_mlflow(target, err)
         result = run_sweep(plan, resume=args.resume, address=args.address,
+                           rerun_changed=args.rerun_changed,
                            notify=lambda line: err.print(f"note: {line}", markup=False,
                                                          soft_wrap=True))
     except SweepError as exc:

@@ -5,7 +5,9 @@ or locked during a sweep (the sweep went on, said so once and exited 1), this re
 finished trial of `trials.parquet`, with its curve from `epochs.parquet`, into the store through
 the same sink the sweep uses. The sink finds the runs that exist by their trial key and logs only
 what they lack, so a sync is safe to repeat: one parent run per sweep, one child run per trial,
-one metric point per epoch. The report folder, when there is one, is logged to the parent run.
+one metric point per epoch; a run already ended with its row's status and epochs is left as it is
+(a resumed or grown sweep's earlier runs keep their end times). The report folder, when there is
+one, is logged to the parent run.
 
 Trials that had not finished when the driver stopped have no row in trials.parquet yet; the next
 `--resume` finishes them and logs them.
@@ -71,6 +73,8 @@ def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
     n_epochs = 0
     for row in sweep.trials.to_dict("records"):
         key = row["trial_key"]
+        if sink.holds(key, row["status"], int(row["epochs_run"])):
+            continue            # whole in the store already: its run stays as it is
         config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
         tags = json.loads(row["tags"]) if isinstance(row.get("tags"), str) else {}
         sink.trial_started(TrialInfo(key=key, arm=row["arm"], seed=int(row["seed"]),

@@ -22,6 +22,7 @@ torch.set_num_threads(1)
 
 SYSTEM_FILES = {
     "test_arm_scheduler.py", "test_cluster.py", "test_driver_lock.py", "test_faults.py",
+    "test_grow.py",
     "test_mlflow_ui.py", "test_ray_up.py", "test_signals.py", "test_sweep.py", "test_sync.py",
 }
 

@@ -7,7 +7,8 @@ decisions.parquet, a table without the columns the sweep writes. Nothing is writ
 
 The arms come from the plan record the runner wrote into spec.yaml
 (`orchestrator.plan.record.PlanRecord`), in plan order; an arm that only the trials name (a table
-from another source) is measured against the baseline.
+from another source) is measured against the baseline. Rows of trials the record does not list
+(superseded by `--resume --rerun-changed`) are left out.
 """
 
 from __future__ import annotations
@@ -139,6 +140,19 @@ def _arms(spec: Mapping[str, Any], trials: Any, path: Path) -> tuple[ArmRecord, 
     return tuple(arms)
 
 
+def _current(spec: Mapping[str, Any], trials: Any, epochs: Any) -> tuple[Any, Any]:
+    """The rows of the trials the plan record lists. A trial that `--resume --rerun-changed` ran
+    again under its new key leaves the rows of its old key behind: superseded, not reported. A
+    search's record lists no trials: every row counts."""
+    plan = spec.get("plan")
+    listed = {str(t["key"]) for t in (plan.get("trials") or ()) if isinstance(t, Mapping)
+              and "key" in t} if isinstance(plan, Mapping) else set()
+    if not listed:
+        return trials, epochs
+    return (trials[trials["trial_key"].isin(listed)],
+            epochs[epochs["trial_key"].isin(listed)])
+
+
 def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
     """Read and check a sweep folder; ReportError (naming the file) if it cannot be reported."""
     directory = Path(directory).expanduser()
@@ -159,6 +173,7 @@ def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
         if col not in epochs.columns:
             raise ReportError(f"{directory / EPOCHS_FILE}: lacks the column {col} that the sweep "
                               f"writes; it is not a sweep's epochs table: {_FIX_TABLE}")
+    trials, epochs = _current(spec, trials, epochs)
     search = spec["search"]
     metric = str(search.get("metric") or trials["metric"].dropna().iloc[0])
     mode = str(search.get("mode") or "max")

@@ -50,7 +50,7 @@ class ArmScheduler(TrialScheduler):
                  confidence: float = 0.95, margin: float = 0.0, arms: Sequence[str],
                  seeds: Sequence[int], references: Mapping[str, str],
                  protected: Sequence[str], max_concurrent: int | None = None,
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, ended: Sequence[tuple[str, int]] = ()) -> None:
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max' but got {mode!r}")
@@ -66,6 +66,9 @@ class ArmScheduler(TrialScheduler):
         self._protected = tuple(protected)
         self._cap = max_concurrent or math.inf
         self._log_dir = log_dir
+        # Seeds a grown sweep kept from its earlier experiment: ended, never waited for (their
+        # rung values are in the log, unless they ran under per-trial ASHA with one seed).
+        self._ended_before = [(str(a), int(seed)) for a, seed in ended]
         self._reset()
 
     def _reset(self) -> None:
@@ -242,8 +245,12 @@ class ArmScheduler(TrialScheduler):
         return arm not in self._stopped and not (rung and self._waits(arm, rung))
 
     def _waits(self, arm: str, rung: int) -> bool:
-        """Whether a seed of `arm` at `rung` must wait for the arm's decision there."""
-        return arm not in self._protected and (arm, rung) not in self._decisions
+        """Whether a seed of `arm` at `rung` must wait for the arm's decision there. Under
+        halving, an arm added to a grown study after its cohort was cut at `rung` is not judged
+        there: the logged cut stands and is not remade (docs/design.md, "Growing a study")."""
+        if arm in self._protected or (arm, rung) in self._decisions:
+            return False
+        return not (self._rule == "halving" and any(r == rung for _, r in self._decisions))
 
     def _rung_values(self, arm: str, rung: int) -> dict[int, float]:
         return {seed: v[rung].value for (a, seed), v in self._values.items()
@@ -329,6 +336,8 @@ class ArmScheduler(TrialScheduler):
         if self._loaded:
             return
         self._loaded = True
+        for member in self._ended_before:
+            self._ended.setdefault(member, "completed")
         if not self._log_dir:
             return
         values, decisions = rungs.read_log(self._log_dir)

@@ -120,6 +120,8 @@ class MlflowSink:
         self._nodes: dict[str, list[str]] = {}       # run id -> the Ray nodes it ran on, in order
         self._open: set[str] = set()                 # trial keys started and not finished here
         self._finished: set[str] = set()             # trial keys finished by this driver
+        # trial key -> (run status, `status` tag, `epochs_run` tag) of an earlier driver's run
+        self._found: dict[str, tuple[str, str, str]] = {}
 
     # -- Sink protocol: queue the call for the worker thread --------------------------------------
     def start(self, *, sweep_name: str, storage_dir: str, spec: Mapping[str, Any],
@@ -166,6 +168,13 @@ class MlflowSink:
         if self.parent_run_id is None:
             raise RuntimeError("MlflowSink has no parent run: its start() did not complete")
         return self.parent_run_id
+
+    def holds(self, key: str, status: str, epochs_run: int) -> bool:
+        """Whether the store (as `start` found it) has the trial's run ended with this status and
+        these epochs: a replay would only touch it again (its end time), so `sync` leaves it."""
+        found = self._found.get(key)
+        return found is not None and found[0] in ("FINISHED", "FAILED") \
+            and found[1:] == (status, str(epochs_run))
 
     # -- the MLflow calls, on the worker thread ---------------------------------------------------
     # MLflow is imported in these methods, on the worker thread, so that its import (seconds)
@@ -227,6 +236,8 @@ class MlflowSink:
             if key and key not in self._runs:
                 self._runs[key] = run.info.run_id
                 self._reused.add(run.info.run_id)
+                self._found[key] = (run.info.status, run.data.tags.get("status", ""),
+                                    run.data.tags.get("epochs_run", ""))
                 if run.data.params:
                     self._has_params.add(run.info.run_id)
 

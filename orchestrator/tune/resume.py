@@ -12,6 +12,7 @@ from orchestrator.errors import ResumeError
 from orchestrator.plan.model import Plan
 from orchestrator.sinks.base import FinishedTrial
 from orchestrator.sinks.parquet import TRIALS_FILE, read_trials, table_exists
+from orchestrator.tune.grow import finished_keys
 from orchestrator.tune.state import set_aside_damaged_sessions
 from orchestrator.tune.storage import tune_experiment_dir
 
@@ -37,10 +38,7 @@ def rerun_without_tune_state(plan: Plan, target: Path,
             f"{'search' if plan.is_search else 'arm-level early stopping'} cannot be rebuilt "
             f"without it; the finished trials are in {target / TRIALS_FILE}; run the study again "
             f"under a new name with --set name=<new name>")
-    done: frozenset[str] = frozenset()
-    if table_exists(target, TRIALS_FILE):
-        trials = read_trials(target, decode_config=False)
-        done = frozenset(trials.loc[trials["status"].isin(["completed", "stopped"]), "trial_key"])
+    done = finished_keys(target)
     if notify is not None:
         notify(f"Ray Tune's saved state was damaged (set aside as *.damaged); the "
                f"{len(done)} trials trials.parquet has as finished are kept, the other "

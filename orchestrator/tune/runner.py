@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from orchestrator.layout import SPEC_FILE
 from orchestrator.plan.model import Plan
 from orchestrator.sinks.base import Sink, TrialOutcome
 from orchestrator.sinks.mlflow import MlflowSink
@@ -25,6 +26,7 @@ from orchestrator.sinks.parquet import ParquetSink
 from orchestrator.sinks.progress import ProgressSink
 from orchestrator.tune.callback import SinkCallback
 from orchestrator.tune.cluster import check_capacity
+from orchestrator.tune.grow import finished_keys, start_grown
 from orchestrator.tune.lock import DriverLock
 from orchestrator.tune.ray_compat import preloading_workers, quiet_ray
 from orchestrator.tune.resume import (
@@ -32,7 +34,13 @@ from orchestrator.tune.resume import (
     rerun_without_tune_state,
     set_aside_damaged_state,
 )
-from orchestrator.tune.storage import check_storage, saved_state, storage_problems
+from orchestrator.tune.storage import (
+    check_same_sweep,
+    check_storage,
+    saved_state,
+    storage_problems,
+    tune_experiment_dir,
+)
 from orchestrator.tune.trainable import run_trial
 from orchestrator.tune.trial import ReporterWrapper
 from orchestrator.tune.tuner import new_tuner, restored_tuner
@@ -100,6 +108,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     notify: Callable[[str], None] | None = None,
     wrap_reporter: ReporterWrapper | None = None,
+    rerun_changed: bool = False,
 ) -> SweepResult:
     """Run (or resume) the sweep; returns when every trial has finished or on Ctrl-C.
 
@@ -109,8 +118,12 @@ def run_sweep(
 
     One driver per sweep (`orchestrator.tune.lock.DriverLock`): a second one gets a StorageError
     naming the first.
+
+    `resume` with a plan that grew the saved one (more seeds, arms, axis values) runs only its new
+    trials, in a fresh Tune experiment; `rerun_changed` lets it rerun trials whose config changed
+    (`orchestrator.tune.grow`).
     """
-    target = check_storage(plan, resume=resume)
+    target = check_storage(plan, resume=resume, rerun_changed=rerun_changed)
     # Ray first: whether a trial fits a node is known only then, and nothing is created before.
     _quiet_ray()
     _init_ray(address)
@@ -118,8 +131,17 @@ def run_sweep(
     target.mkdir(parents=True, exist_ok=True)
     with DriverLock(target, f"{plan.source}: run.storage"):
         skip: frozenset[str] = frozenset()
-        resume = resume and saved_state(plan)
-        if resume and set_aside_damaged_state(plan) and not saved_state(plan):
+        growth = (check_same_sweep(plan, target / SPEC_FILE, rerun_changed=rerun_changed)
+                  if resume else None)
+        if growth is not None:
+            skip = start_grown(plan, target, growth, tune_experiment_dir(plan), notify)
+            resume = False
+        elif resume and not saved_state(plan):
+            # Killed before Tune saved anything (or a grown sweep killed before its experiment
+            # was saved): start, but not the trials Parquet already has as finished.
+            skip = finished_keys(target) if not plan.is_search else skip
+            resume = False
+        elif resume and set_aside_damaged_state(plan) and not saved_state(plan):
             skip = rerun_without_tune_state(plan, target, notify)
             resume = False
         return _run_locked(plan, target, resume=resume, sink_factory=sink_factory,
@@ -149,7 +171,8 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
         tuner, callback = new_tuner(plan, trainable, target, sink_factory, uri, skip)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
-    callback.set_prior(finished_trials(target))
+    # A designed study's own trials only: rows a --rerun-changed superseded are not counted.
+    callback.set_prior([f for f in finished_trials(target) if plan.is_search or f.key in configs])
     callback.set_plan(configs, sampler)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,

@@ -9,18 +9,16 @@ that already exists without `--resume`, or a `--resume` of another sweep is a Sw
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from orchestrator._files import filesystem, is_uri
-from orchestrator._provenance import parse_spec_yaml
-from orchestrator.errors import ResumeError, StorageError
+from orchestrator.errors import StorageError
 from orchestrator.layout import SPEC_FILE, TUNE_DIR
 from orchestrator.plan.model import Plan
-from orchestrator.plan.record import resolved_spec
+from orchestrator.tune.grow import Growth, check_growth
 from orchestrator.tune.state import has_saved_state
 
 __all__ = ["TUNE_DIR", "check_same_sweep", "check_storage", "saved_state",
@@ -91,7 +89,7 @@ def _check_tune_storage(plan: Plan, *, resume: bool) -> None:
             f"with --set name=<new name>")
 
 
-def check_storage(plan: Plan, *, resume: bool) -> Path:
+def check_storage(plan: Plan, *, resume: bool, rerun_changed: bool = False) -> Path:
     """The sweep's folder, if it may be used; raises StorageError/ResumeError, creates nothing."""
     root = Path(plan.spec.run.storage).expanduser()
     where = f"{plan.source}: run.storage"
@@ -105,8 +103,8 @@ def check_storage(plan: Plan, *, resume: bool) -> Path:
     _check_tune_storage(plan, resume=resume)
     if resume:
         # Killed before Tune saved anything, a resumed sweep simply starts (a restart script
-        # can always say --resume); it must still be the same sweep.
-        check_same_sweep(plan, target / SPEC_FILE)
+        # can always say --resume); it must still be the same sweep, or that sweep grown.
+        check_same_sweep(plan, target / SPEC_FILE, rerun_changed=rerun_changed)
     elif target.exists() and any(target.iterdir()):
         raise StorageError(f"{where}: a sweep named '{plan.spec.name}' already exists in "
                            f"{target}; pass --resume to continue it, or start a new one with "
@@ -119,19 +117,12 @@ def saved_state(plan: Plan) -> bool:
     return has_saved_state(tune_experiment_dir(plan))
 
 
-def check_same_sweep(plan: Plan, saved_path: Path) -> None:
-    """--resume continues the sweep it saved: same spec, same --set values, same --smoke."""
-    if not saved_path.is_file():
-        return
-    saved = parse_spec_yaml(saved_path.read_text()) or {}
-    current = json.loads(json.dumps(resolved_spec(plan)))
-    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if differ:
-        raise ResumeError(
-            f"{plan.source}: --resume: this is not the sweep saved in {saved_path.parent} "
-            f"({', '.join(differ)} differ from its spec.yaml); resume with the same spec file, "
-            f"--set options and --smoke as the run that started it"
-        )
+def check_same_sweep(plan: Plan, saved_path: Path, *, rerun_changed: bool = False
+                     ) -> Growth | None:
+    """--resume continues the sweep it saved (None), or grows it by new seeds, arms or axis
+    values (a Growth; `orchestrator.tune.grow`); any other difference is a ResumeError."""
+    return check_growth(plan, saved_path, rerun_changed=rerun_changed,
+                        tune_saved=saved_state(plan))
 
 
 def storage_problems(plan: Plan) -> list[str]:

@@ -69,7 +69,7 @@ def _search_alg(plan: Plan) -> Any:
     return OptunaSearch(sampler=sampler)
 
 
-def _scheduler(plan: Plan) -> Any:
+def _scheduler(plan: Plan, skip: frozenset[str] = frozenset()) -> Any:
     asha = plan.spec.search.asha
     if asha is None:
         return None
@@ -81,7 +81,8 @@ def _scheduler(plan: Plan) -> Any:
             rule=asha.rule, confidence=asha.confidence, margin=asha.margin,
             arms=[a.name for a in plan.arms], seeds=list(plan.spec.seeds),
             references=plan.references, protected=plan.protected,
-            max_concurrent=plan.spec.run.max_concurrent, log_dir=str(sweep_dir(plan)))
+            max_concurrent=plan.spec.run.max_concurrent, log_dir=str(sweep_dir(plan)),
+            ended=[(t.arm, t.seed) for t in plan.trials if t.key in skip])
     return RecordingASHA(time_attr=EPOCH_KEY, max_t=plan.max_epochs,
                          grace_period=asha.grace_period,
                          reduction_factor=asha.reduction_factor)
@@ -114,7 +115,7 @@ def new_tuner(plan: Plan, trainable: Any, target: Path,
                skip: frozenset[str]) -> tuple[Any, SinkCallback]:
     """A Tuner for the plan's trials (those not in `skip`) and the callback feeding the sinks."""
     spec = plan.spec
-    scheduler = _scheduler(plan)
+    scheduler = _scheduler(plan, skip)
     callback = SinkCallback(
         sink_factory=sink_factory, factory_kwargs={"tracking_uri": uri},
         start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
