@@ -50,7 +50,10 @@ def pytest_collection_modifyitems(config, items):
         if Path(str(item.fspath)).name in SYSTEM_FILES or "ray_session" in getattr(
                 item, "fixturenames", ()):
             item.add_marker(pytest.mark.system)
-    items.sort(key=_rank)                      # stable: each file keeps its own order
+    # With -x (the mutation check runs so) the first failure matters, not the total time: the
+    # files keep their collection order, so a break the unit tests catch is found in seconds.
+    if not config.option.maxfail:
+        items.sort(key=_rank)                  # stable: each file keeps its own order
 
 
 def pytest_xdist_make_scheduler(config, log):
