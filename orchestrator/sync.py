@@ -62,9 +62,11 @@ def sync(sweep_dir: str | Path, tracking_uri: str | None = None) -> SyncResult:
     # The report's reader: the same checks, and a missing or damaged file named the same way.
     sweep = load_sweep(sweep_dir)
     uri = tracking_uri or default_tracking_uri(sweep_dir.parent)
-    # What the sweep planned (its parent run's total_trials): a search's samples, or arms x seeds.
+    # What the sweep planned (its parent run's total_trials): a search's samples, else the plan
+    # record's trials (arms x seeds, or those a rule adding seeds has started so far).
+    recorded = (sweep.spec.get("plan") or {}).get("trials") or ()
     total = (sweep.spec["search"].get("num_samples") if sweep.is_search
-             else len(sweep.arms) * max(1, len(sweep.seeds)))
+             else len(recorded) or len(sweep.arms) * max(1, len(sweep.seeds)))
 
     sink = MlflowSink(uri, background=False)
     sink.start(sweep_name=sweep.name, storage_dir=str(sweep_dir), spec=sweep.spec,

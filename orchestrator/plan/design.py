@@ -115,10 +115,10 @@ def _search_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
                  warnings: Mapping[str, None]) -> Plan:
     """A hyper-parameter search: no arms; the base config and a probe of each searched domain
     (its bounds and choices) are checked now, the samples are drawn at run time."""
-    search_base = resolve({"seed": spec.seeds[0]}, "base")
+    search_base = resolve({"seed": spec.seed_list[0]}, "base")
     for key, dom in spec.search.space.items():
         for i, value in enumerate(domain_probe_values(dom)):
-            resolve({key: value, "seed": spec.seeds[0]}, f"search.space.{key}.{dom.kind}[{i}]")
+            resolve({key: value, "seed": spec.seed_list[0]}, f"search.space.{key}.{dom.kind}[{i}]")
     check_metric(spec, [search_base], source)
     return Plan(spec=spec, source=source, arms=(Arm("hpo", {}),), trials=(),
                 search_base=search_base, smoke=smoke, warnings=tuple(warnings))
@@ -145,9 +145,10 @@ def _design_plan(spec: SweepSpec, source: str, smoke: bool, resolve: _Resolve,
         arm_cfgs[name] = cfg
     references = _references(spec, arms, source)
     questions = _questions(spec, arms, references, source)
-    keys = {arm.name: seed_keys(arm_cfgs[arm.name], spec.seeds) for arm in arms}
+    seeds = spec.seed_list
+    keys = {arm.name: seed_keys(arm_cfgs[arm.name], seeds) for arm in arms}
     trials = []
-    for i, seed in enumerate(spec.seeds):
+    for i, seed in enumerate(seeds):
         for arm in arms:
             cfg = arm_cfgs[arm.name].model_copy(update={"seed": seed})
             trials.append(PlannedTrial(keys[arm.name][i], arm.name, seed, cfg, arm.aliases))

@@ -73,6 +73,15 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _seeds(spec: Mapping[str, Any], trials: Any) -> tuple[int, ...]:
+    """The seeds the sweep ran: its list, or under a rule that adds seeds
+    (`seeds: {start, max}`) those its trials ran so far."""
+    seeds = spec.get("seeds") or ()
+    if isinstance(seeds, Mapping):
+        return tuple(sorted({int(s) for s in trials["seed"]}))
+    return tuple(int(s) for s in seeds)
+
+
 def _read_spec(directory: Path) -> dict[str, Any]:
     path = directory / SPEC_FILE
     if not path.is_file():
@@ -187,5 +196,5 @@ def load_sweep(directory: str | os.PathLike[str]) -> SweepInputs:
         directory=directory, name=str(spec.get("name") or directory.name), metric=metric,
         mode=mode, design=str(spec.get("design") or "ofat"), base_arm=base_arm, axes=axes,
         arms=arms, references_given=bool(spec.get("references")), space=_space(spec),
-        seeds=tuple(int(s) for s in spec.get("seeds") or ()), trials=trials, epochs=epochs,
+        seeds=_seeds(spec, trials), trials=trials, epochs=epochs,
         decisions=_read_decisions(directory), spec=spec)

@@ -67,14 +67,42 @@ def _check_semantics(spec: SweepSpec, source: str) -> None:
         problem = check_value(key, value)
         if problem:
             raise SpecError(f"{source}: {where}: {problem}")
-    dupes = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
+    seeds = spec.seed_list
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
     if dupes:
         raise SpecError(f"{source}: seeds: duplicate seed(s) {dupes}; every seed must be unique "
                         f"(every arm runs every seed, so a repeat would run the same trial twice)")
-    if any(s < 0 or s > MAX_SEED for s in spec.seeds):
+    if any(s < 0 or s > MAX_SEED for s in seeds):
         raise SpecError(f"{source}: seeds: every seed must be between 0 and {MAX_SEED} (32 bits) "
                         f"but got {spec.seeds}")
+    _check_seed_rule(spec, source)
     _check_search(spec, source)
+
+
+def _check_seed_rule(spec: SweepSpec, source: str) -> None:
+    """`seeds: {start, max}` adds paired seeds to a designed study's questions; `run.budget`
+    caps what it adds."""
+    rule, budget = spec.seed_rule, spec.run.budget
+    if budget is not None and rule is None:
+        raise SpecError(f"{source}: run.budget: caps the seeds a study adds until its questions "
+                        f"are decided, but seeds is a fixed list; use seeds: {{start: 3, max: 10}}"
+                        f" or remove run.budget")
+    if budget is not None and budget.gpu_hours is not None \
+            and spec.run.resources_per_trial.gpu <= 0:
+        raise SpecError(f"{source}: run.budget.gpu_hours: the trials use no GPU "
+                        f"(run.resources_per_trial.gpu is 0); give run.budget.trial_epochs "
+                        f"instead")
+    if rule is None:
+        return
+    if spec.search.space:
+        raise SpecError(f"{source}: seeds: a rule ({{start, max}}) adds paired seeds to a designed "
+                        f"study's questions; a search over search.space takes one seed "
+                        f"(seeds: [0])")
+    asha = spec.search.asha
+    if asha is not None and asha.unit == "trial":
+        raise SpecError(f"{source}: search.scheduler.asha.unit: trial-level stopping stops seeds "
+                        f"one by one and breaks the pairs that seeds: {{start, max}} adds; use "
+                        f"unit: arm (or auto)")
 
 
 def _check_search(spec: SweepSpec, source: str) -> None:
@@ -90,11 +118,11 @@ def _check_search(spec: SweepSpec, source: str) -> None:
         if grids:
             raise SpecError(f"{source}: search.space.{grids[0]}: grid is not supported by "
                             f"Optuna; use choice instead (or algorithm: none for a grid)")
-        if len(spec.seeds) != 1:
+        if len(spec.seed_list) != 1:
             raise SpecError(f"{source}: seeds: an Optuna search runs each sampled config once; "
                             f"give one seed (seeds: [0]) and re-run the best configs over seeds "
                             f"as arms of a planned sweep")
-    elif search.space and len(spec.seeds) != 1:
+    elif search.space and len(spec.seed_list) != 1:
         raise SpecError(f"{source}: seeds: a search over search.space takes one seed "
                         f"(seeds: [0]) but got {spec.seeds}")
     asha = search.asha
@@ -111,7 +139,7 @@ def _check_search(spec: SweepSpec, source: str) -> None:
                             f"stopping (unit: arm) but this sweep stops single trials "
                             f"(unit: {asha.unit}); remove it or set unit: arm")
     if asha is not None and asha.rule == "paired-test" and spec.asha_unit == "arm" \
-            and len(spec.seeds) < 2:
+            and len(spec.seed_list) < 2:
         raise SpecError(f"{source}: search.scheduler.asha.rule: paired-test compares an arm with "
                         f"its reference over paired seeds and needs at least 2 seeds but got "
                         f"{spec.seeds}; add seeds or use rule: halving")

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -24,8 +25,8 @@ from pydantic import (
 from orchestrator.spec.questions import check_compare
 from trainers.config import TrainConfig, train_config_from_dict
 
-__all__ = ["TUNE_STORAGE_SCHEMES", "AshaSpec", "DomainSpec", "OptunaSpec", "ResourcesSpec",
-           "RunSpec", "SchedulerSpec", "SearchSpec", "SweepSpec"]
+__all__ = ["TUNE_STORAGE_SCHEMES", "AshaSpec", "BudgetSpec", "DomainSpec", "OptunaSpec",
+           "ResourcesSpec", "RunSpec", "SchedulerSpec", "SearchSpec", "SeedRule", "SweepSpec"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -132,6 +133,23 @@ class ResourcesSpec(_Strict):
     gpu: float = Field(default=0, ge=0)
 
 
+class BudgetSpec(_Strict):
+    """The most a study that adds seeds (`seeds: {start, max}`) may spend; exactly one of:
+    `trial_epochs` (epochs summed over its trials, stopped ones counting the epochs they ran) or
+    `gpu_hours` (trial wall time x GPUs per trial). A batch of added seeds starts only if the
+    spent amount plus the batch's most (its trials x train.epochs; for GPU-hours at the mean
+    hours per trial-epoch so far) fits."""
+
+    trial_epochs: int | None = Field(default=None, gt=0)
+    gpu_hours: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetSpec:
+        if (self.trial_epochs is None) == (self.gpu_hours is None):
+            raise ValueError("give exactly one of trial_epochs or gpu_hours")
+        return self
+
+
 class RunSpec(_Strict):
     resources_per_trial: ResourcesSpec = Field(default_factory=ResourcesSpec)
     # None: as many as the cluster's resources allow.
@@ -146,6 +164,8 @@ class RunSpec(_Strict):
     # Times a failed trial is retried from its last checkpoint before it counts as failed.
     max_failures: int = Field(default=0, ge=0, le=1000)
     checkpoints_to_keep: int = Field(default=1, gt=0)
+    # The most a study that adds seeds may spend (BudgetSpec); None: up to `seeds.max`.
+    budget: BudgetSpec | None = None
 
     @field_validator("tune_storage")
     @classmethod
@@ -170,6 +190,44 @@ class RunSpec(_Strict):
         return value.rstrip("/")
 
 
+MAX_ADAPTIVE_SEEDS = 1000
+
+
+class SeedRule(_Strict):
+    """`seeds: {start: 3, max: 10}`: paired seeds added until each question is decided
+    (docs/statistics_sequential.md). Every arm runs seeds 0..start-1; then, while a question of
+    the study (`compare`) is undecided, its arm and its reference get the next `batch` seeds
+    together, up to `max`, and the sequential rule (group-sequential, Lan-DeMets `spending` at
+    family-wise two-sided `alpha`, Holm-type recycling over the questions) decides it. The look
+    schedule (start, start + batch, ..., max) is fixed here, before any data."""
+
+    start: int = Field(ge=2, le=MAX_ADAPTIVE_SEEDS)
+    max: int = Field(ge=2, le=MAX_ADAPTIVE_SEEDS)
+    batch: int = Field(default=1, ge=1, le=MAX_ADAPTIVE_SEEDS)
+    # Kim & DeMets' power family with rho 8 keeps most of alpha for the last look: at 3-10 and
+    # 3-8 seeds it loses at most 3 points of power against a fixed max-seed design, where
+    # O'Brien-Fleming-type spending loses 6-7 (benchmarks/RESULTS.md, sequential_sim).
+    spending: str = "power:8"
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SeedRule:
+        if self.max < self.start:
+            raise ValueError(f"max ({self.max}) must be at least start ({self.start})")
+        power = re.fullmatch(r"power:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", self.spending)
+        if self.spending not in ("obrien-fleming", "pocock") and not (
+                power and float(power.group(1)) > 0):
+            raise ValueError(f"spending must be obrien-fleming, pocock or power:<rho> with "
+                             f"rho > 0 (orchestrator/sequential/bounds.py) but got "
+                             f"{self.spending!r}")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed the study may run: 0..max-1."""
+        return list(range(self.max))
+
+
 class SweepSpec(_Strict):
     name: str
     description: str = ""
@@ -180,7 +238,9 @@ class SweepSpec(_Strict):
     design: Literal["ofat", "factorial"] = "ofat"
     # Name of the arm that is base itself (the centre point of an ofat design).
     base_arm: str = "base"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # A list of seeds every arm runs, or a SeedRule ({start, max}) adding paired seeds until
+    # each question is decided.
+    seeds: list[int] | SeedRule = Field(default_factory=lambda: [0])
     # arm -> the arm it is measured against (its own backbone's baseline, for instance); every
     # other arm is measured against `baseline`. Reference arms are never stopped early.
     references: dict[str, str] = Field(default_factory=dict)
@@ -206,6 +266,36 @@ class SweepSpec(_Strict):
             self._base_config = train_config_from_dict(self.base, source="base")
         return self._base_config
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds_shape(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one seed (seeds: [0]) or a rule "
+                             "(seeds: {start: 3, max: 10})")
+        if isinstance(value, dict):
+            try:
+                return SeedRule.model_validate(value)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "")
+                    + e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(f"{problems} (a rule is {{start: 3, max: 10}}, optionally "
+                                 f"with batch, spending, alpha)") from None
+        if value is not None and not isinstance(value, (list, SeedRule)):
+            raise ValueError(f"give a list of seeds (seeds: [0, 1, 2]) or a rule (seeds: "
+                             f"{{start: 3, max: 10}}) but got {value!r}")
+        return value
+
+    @property
+    def seed_rule(self) -> SeedRule | None:
+        """The rule that adds seeds, or None for a fixed list."""
+        return self.seeds if isinstance(self.seeds, SeedRule) else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every seed an arm may run: the list, or 0..max-1 under a rule."""
+        return self.seeds.seeds if isinstance(self.seeds, SeedRule) else list(self.seeds)
+
     @property
     def asha_unit(self) -> str | None:
         """`arm`, `trial`, or None without ASHA; `auto` resolved (arm for a designed study with
@@ -215,7 +305,7 @@ class SweepSpec(_Strict):
             return None
         if asha.unit != "auto":
             return asha.unit
-        return "arm" if not self.search.space and len(self.seeds) > 1 else "trial"
+        return "arm" if not self.search.space and len(self.seed_list) > 1 else "trial"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -107,7 +107,8 @@ def shrink_spec(spec: SweepSpec) -> SweepSpec:
         "max_concurrent": None,
     })
     return spec.model_copy(update={
-        "seeds": spec.seeds[:SMOKE_SEEDS],
+        # A rule's first seed too: --smoke checks that the trials run, not the decisions.
+        "seeds": spec.seed_list[:SMOKE_SEEDS],
         "search": search.model_copy(update=update),
         "run": run,
     })
