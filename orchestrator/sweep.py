@@ -108,6 +108,11 @@ def _arm_table(plan, title: str, width: int):
     return table
 
 
+def _budget(budget) -> str:
+    return (f"{budget.trial_epochs} trial-epochs" if budget.trial_epochs is not None
+            else f"{budget.gpu_hours:g} GPU-hours")
+
+
 def _print_plan(plan, console) -> None:
     spec = plan.spec
     est = estimate_plan(plan)
@@ -123,8 +128,18 @@ def _print_plan(plan, console) -> None:
         console.print(f"search: {algo}, {plan.num_trials} trials, seed {spec.seeds[0]}")
     else:
         console.print(_arm_table(plan, title, console.width))
-        console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
-                      f"trials: {plan.num_trials} (arms x seeds)")
+        rule = spec.seed_rule
+        if rule is None:
+            console.print(f"arms: {len(plan.arms)}  seeds: {list(spec.seeds)}  "
+                          f"trials: {plan.num_trials} (arms x seeds)")
+        else:
+            first = sum(1 for t in plan.trials if t.seed < rule.start)
+            console.print(f"arms: {len(plan.arms)}  seeds: 0..{rule.start - 1} for every arm, "
+                          f"then paired seeds added to each undecided question, {rule.batch} at "
+                          f"a time, up to {rule.max} ({rule.spending} spending, alpha "
+                          f"{rule.alpha:g})  trials: {first} first, at most {plan.num_trials}"
+                          + (f", within run.budget {_budget(spec.run.budget)}"
+                             if spec.run.budget else ""))
         if spec.compare is not None:
             console.print(f"questions (Holm's family): {len(plan.questions)}: "
                           + "; ".join(f"{a} vs {r}" for a, r in plan.questions))
@@ -184,13 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         # Ray (seconds to import) only once the sweep runs: a dry run and bad input exit without.
         from orchestrator.tune.runner import run_sweep
-        from orchestrator.tune.storage import check_storage
+        from orchestrator.tune.stages import current_stage
+        from orchestrator.tune.storage import check_storage, sweep_dir
 
         if args.rerun_changed and not args.resume:
             err.print("error: --rerun-changed goes with --resume (it reruns the changed trials "
                       "of a sweep that exists)", markup=False, soft_wrap=True)
             return 2
-        target = check_storage(plan, resume=args.resume, rerun_changed=args.rerun_changed)
+        target = check_storage(current_stage(plan, sweep_dir(plan)), resume=args.resume,
+                               rerun_changed=args.rerun_changed)
         if args.resume:
             _catch_up_mlflow(target, err)
         result = run_sweep(plan, resume=args.resume, address=args.address,

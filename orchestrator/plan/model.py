@@ -7,8 +7,8 @@ trials are sampled at run time and the plan's `sampler` gives each sample its co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.spec.model import SweepSpec
@@ -113,6 +113,21 @@ class Plan:
         if self.search_base is None:
             return None
         return SampleResolver(self.search_base, self.smoke)
+
+    @property
+    def seeds_by_arm(self) -> dict[str, list[int]]:
+        """Each arm's planned seeds, in order (the same for every arm unless a seed rule added
+        seeds to some arms only)."""
+        out: dict[str, list[int]] = {a.name: [] for a in self.arms}
+        for t in self.trials:
+            out.setdefault(t.arm, []).append(t.seed)
+        return out
+
+    def restricted(self, members: Collection[tuple[str, int]]) -> Plan:
+        """The plan with only the trials whose (arm, seed) is in `members` (the trials a seed
+        rule has started so far), in the plan's order; arms, references and questions stay."""
+        wanted = set(members)
+        return replace(self, trials=tuple(t for t in self.trials if (t.arm, t.seed) in wanted))
 
     @property
     def configs(self) -> dict[str, TrainConfig]:

@@ -48,7 +48,8 @@ class ArmScheduler(TrialScheduler):
     def __init__(self, *, metric: str, mode: str, time_attr: str, max_t: int,
                  grace_period: int, reduction_factor: float, rule: str = "halving",
                  confidence: float = 0.95, margin: float = 0.0, arms: Sequence[str],
-                 seeds: Sequence[int], references: Mapping[str, str],
+                 seeds: Sequence[int] | Mapping[str, Sequence[int]],
+                 references: Mapping[str, str],
                  protected: Sequence[str], max_concurrent: int | None = None,
                  log_dir: str | None = None, ended: Sequence[tuple[str, int]] = ()) -> None:
         super().__init__()
@@ -61,7 +62,10 @@ class ArmScheduler(TrialScheduler):
         self._eta = reduction_factor
         self._milestones = rungs.milestones(grace_period, reduction_factor, max_t)
         self._arms = list(arms)
-        self._seeds = [int(s) for s in seeds]
+        # Each arm's seeds (the same for every arm, or per arm when a rule added seeds to some).
+        self._seeds = ({str(a): [int(s) for s in seeds.get(a, ())] for a in self._arms}
+                       if isinstance(seeds, Mapping)
+                       else {a: [int(s) for s in seeds] for a in self._arms})
         self._references = dict(references)
         self._protected = tuple(protected)
         self._cap = max_concurrent or math.inf
@@ -258,7 +262,7 @@ class ArmScheduler(TrialScheduler):
 
     def _group_complete(self, arm: str, rung: int) -> bool:
         """Every seed of `arm` has a value at `rung` or has ended (done or failed for good)."""
-        for seed in self._seeds:
+        for seed in self._seeds.get(arm, ()):
             member = (arm, seed)
             if rung in self._values.get(member, {}):
                 continue

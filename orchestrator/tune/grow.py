@@ -96,6 +96,7 @@ def check_growth(plan: Plan, saved_path: Path, *, rerun_changed: bool = False,
     foreign = [k for k in keys if k.split(".")[0] not in GROWABLE | RECIPE]
     if foreign or plan.is_search:
         raise _not_same(plan, saved_path, foreign or keys)
+    _check_rule_kept(plan, saved, saved_path)
     try:
         old = PlanRecord.from_dict(saved["plan"])
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -134,6 +135,20 @@ def check_growth(plan: Plan, saved_path: Path, *, rerun_changed: bool = False,
             f"trials; resume it first with the spec and --set options it was saved with, so "
             f"that they continue from their checkpoints, then grow it")
     return Growth(diff=diff, keys=tuple(keys), rerun_changed=rerun_changed)
+
+
+def _check_rule_kept(plan: Plan, saved: dict[str, Any], saved_path: Path) -> None:
+    """A seed rule's looks, spending and level are fixed before the data: its error guarantee
+    rests on them, so a study that adds seeds may not change its rule (nor turn into or out of
+    one) once it has run; it may add arms, axis values and questions."""
+    old, new = saved.get("seeds"), plan.spec.to_dict().get("seeds")
+    if (isinstance(old, dict) or isinstance(new, dict)) and old != new:
+        raise ResumeError(
+            f"{plan.source}: --resume: seeds: the saved sweep in {saved_path.parent} runs with "
+            f"seeds: {old} and the spec says {new}; the sequential rule's looks, spending and "
+            f"alpha are fixed before any data (its error guarantee rests on that), so they "
+            f"cannot change once it ran: resume with seeds as saved, or start a new sweep with "
+            f"--set name=<new name>")
 
 
 def _check_decisions_stand(plan: Plan, old: PlanRecord, new: PlanRecord, where: str) -> None:

@@ -10,7 +10,8 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,13 @@ from orchestrator.tune.resume import (
     rerun_without_tune_state,
     set_aside_damaged_state,
 )
+from orchestrator.tune.stages import current_stage, describe, next_stage, study_rows
 from orchestrator.tune.storage import (
     check_same_sweep,
     check_storage,
     saved_state,
     storage_problems,
+    sweep_dir,
     tune_experiment_dir,
 )
 from orchestrator.tune.trainable import run_trial
@@ -123,29 +126,58 @@ def run_sweep(
     trials, in a fresh Tune experiment; `rerun_changed` lets it rerun trials whose config changed
     (`orchestrator.tune.grow`).
     """
-    target = check_storage(plan, resume=resume, rerun_changed=rerun_changed)
+    # Under a seed rule the run starts from the stage that ran last (the first one if none).
+    stage = current_stage(plan, sweep_dir(plan))
+    target = check_storage(stage, resume=resume, rerun_changed=rerun_changed)
     # Ray first: whether a trial fits a node is known only then, and nothing is created before.
     _quiet_ray()
     _init_ray(address)
     check_capacity(plan, cluster=bool(address), notify=notify)
     target.mkdir(parents=True, exist_ok=True)
+    run = partial(_run_stage, target=target, sink_factory=sink_factory,
+                  tracking_uri=tracking_uri, wrap_reporter=wrap_reporter)
     with DriverLock(target, f"{plan.source}: run.storage"):
-        skip: frozenset[str] = frozenset()
-        growth = (check_same_sweep(plan, target / SPEC_FILE, rerun_changed=rerun_changed)
-                  if resume else None)
-        if growth is not None:
-            skip = start_grown(plan, target, growth, tune_experiment_dir(plan), notify)
-            resume = False
-        elif resume and not saved_state(plan):
-            # Killed before Tune saved anything (or a grown sweep killed before its experiment
-            # was saved): start, but not the trials Parquet already has as finished.
-            skip = finished_keys(target) if not plan.is_search else skip
-            resume = False
-        elif resume and set_aside_damaged_state(plan) and not saved_state(plan):
-            skip = rerun_without_tune_state(plan, target, notify)
-            resume = False
-        return _run_locked(plan, target, resume=resume, sink_factory=sink_factory,
-                           tracking_uri=tracking_uri, skip=skip, wrap_reporter=wrap_reporter)
+        result = run(stage, resume=resume, rerun_changed=rerun_changed, notify=notify)
+        while plan.spec.seed_rule is not None and result.exit_code == 0:
+            step = next_stage(plan, stage, study_rows(target))
+            if notify is not None:
+                notify(describe(step))
+            if step.plan is None:
+                break
+            stage = step.plan
+            # The grown stage runs as `--resume` runs a grown study: only its new trials.
+            result = _merged(result, run(stage, resume=True, rerun_changed=False, notify=None))
+        return result
+
+
+def _merged(before: SweepResult, after: SweepResult) -> SweepResult:
+    """Two stages of one run as one result: every trial that finished in either."""
+    return replace(after, outcomes={**before.outcomes, **after.outcomes},
+                   num_errors=before.num_errors + after.num_errors,
+                   sink_errors=before.sink_errors + after.sink_errors)
+
+
+def _run_stage(plan: Plan, *, target: Path, resume: bool, rerun_changed: bool,
+               sink_factory: Callable[..., Sequence[Sink]], tracking_uri: str | None,
+               wrap_reporter: ReporterWrapper | None,
+               notify: Callable[[str], None] | None) -> SweepResult:
+    """Run (or resume, or grow) the plan's trials under the driver lock."""
+    skip: frozenset[str] = frozenset()
+    growth = (check_same_sweep(plan, target / SPEC_FILE, rerun_changed=rerun_changed)
+              if resume else None)
+    if growth is not None:
+        skip = start_grown(plan, target, growth, tune_experiment_dir(plan), notify)
+        resume = False
+    elif resume and not saved_state(plan):
+        # Killed before Tune saved anything (or a grown sweep killed before its experiment
+        # was saved): start, but not the trials Parquet already has as finished.
+        skip = finished_keys(target) if not plan.is_search else skip
+        resume = False
+    elif resume and set_aside_damaged_state(plan) and not saved_state(plan):
+        skip = rerun_without_tune_state(plan, target, notify)
+        resume = False
+    return _run_locked(plan, target, resume=resume, sink_factory=sink_factory,
+                       tracking_uri=tracking_uri, skip=skip, wrap_reporter=wrap_reporter)
 
 
 def _run_locked(plan: Plan, target: Path, *, resume: bool,

@@ -79,7 +79,7 @@ def _scheduler(plan: Plan, skip: frozenset[str] = frozenset()) -> Any:
             metric=search.metric, mode=search.mode, time_attr=EPOCH_KEY, max_t=plan.max_epochs,
             grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
             rule=asha.rule, confidence=asha.confidence, margin=asha.margin,
-            arms=[a.name for a in plan.arms], seeds=list(plan.spec.seeds),
+            arms=[a.name for a in plan.arms], seeds=plan.seeds_by_arm,
             references=plan.references, protected=plan.protected,
             max_concurrent=plan.spec.run.max_concurrent, log_dir=str(sweep_dir(plan)),
             ended=[(t.arm, t.seed) for t in plan.trials if t.key in skip])
