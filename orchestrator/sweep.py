@@ -141,7 +141,7 @@ def _print_plan(plan, console) -> None:
                           + (f", within run.budget {_budget(spec.run.budget)}"
                              if spec.run.budget else ""))
         if spec.compare is not None:
-            console.print(f"questions (Holm's family): {len(plan.questions)}: "
+            console.print(f"questions (the tested family): {len(plan.questions)}: "
                           + "; ".join(f"{a} vs {r}" for a, r in plan.questions))
     asha = spec.search.asha
     if asha is None:

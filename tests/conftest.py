@@ -35,7 +35,8 @@ SYSTEM_FILES = {
 SPLIT_FILES = {"test_cluster.py", "test_signals.py", "test_storage_faults.py"}
 # The units start in this order, the longest first, so the short files fill in around them
 # instead of one long test starting last (the durations: `pytest --durations=40`).
-LONGEST_FIRST = ["test_sweep.py", "test_arm_scheduler.py", "test_grow.py", "test_storage_faults.py",
+LONGEST_FIRST = ["test_sweep.py", "test_arm_scheduler.py", "test_grow.py", "test_sweep_rule.py",
+                 "test_storage_faults.py",
                  "test_cluster.py", "test_signals.py", "test_faults.py", "test_gpu_check.py",
                  "test_ray_compat.py", "test_sync.py", "test_train.py", "test_mlflow_ui.py"]
 

@@ -282,7 +282,7 @@ def test_the_dry_run_lists_the_questions(capsys):
 
     assert main([str(SPACES / "backbones_cpu.yaml"), "--dry-run"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert ("questions (Holm's family): 5: localvit_micro vs baseline; localvit_pvt_micro vs "
+    assert ("questions (the tested family): 5: localvit_micro vs baseline; localvit_pvt_micro vs "
             "pvt_micro; localvit_tnt_micro vs tnt_micro; localvit_t2t_micro vs t2t_vit_micro; "
             "localvit_swin_micro vs swin_micro") in out
     assert main([str(SPACES / "quickstart.yaml"), "--dry-run"]) == 0
