@@ -13,7 +13,10 @@ epoch), from completed trials only:
   default every comparison) that have a p; a comparison that is not a question is descriptive
   (difference and interval, no p, verdict "descriptive");
 - a question whose paired differences have zero variance (t undefined) gets the exact sign-flip
-  permutation test's p (`stats.sign_flip_p`) instead of "n/a".
+  permutation test's p (`stats.sign_flip_p`) instead of "n/a";
+- a sweep whose seeds were added by a rule (spec `seeds: {start, max, ...}`) gets the sequential
+  rule's verdicts for its questions instead of Holm's, and four more arms.csv columns
+  (`seed_rule.py`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from orchestrator.plan.record import ArmRecord
 from orchestrator.report import stats
 from orchestrator.report.inputs import SweepInputs
 from orchestrator.report.questions import asked
+from orchestrator.report.seed_rule import SEQUENTIAL_CSV_COLUMNS, apply_rule, seed_rule
 
-__all__ = ["ARMS_CSV_COLUMNS", "arm_rows"]
+__all__ = ["ARMS_CSV_COLUMNS", "arm_rows", "csv_columns"]
 
 # `question` (last, so readers by position keep working): the comparison is one of the study's
 # questions (Holm's family); False for the baseline and for descriptive comparisons.
@@ -204,6 +208,10 @@ def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
     for row, p in zip(tested, adjusted, strict=False):  # the stopped arms' p = 1 come last
         row["p_holm"] = p
         row["verdict"] = stats.verdict(row["comparison"].diff_mean, p, inputs.mode, alpha)
+    design = seed_rule(inputs.spec)
+    if design is not None:
+        # Seeds added until decided: the sequential rule's verdicts replace Holm's (seed_rule).
+        apply_rule(design, rows, inputs.mode, inputs.spec, inputs.trials)
     for row in rows:
         comp = row.pop("comparison")
         row.setdefault("p_holm", None)
@@ -217,5 +225,15 @@ def arm_rows(inputs: SweepInputs, alpha: float = stats.ALPHA) -> pd.DataFrame:
             wilcoxon_p=comp.wilcoxon_p if comp else None,
             wilcoxon_note=comp.wilcoxon_note if comp else "")
     df = pd.DataFrame(rows)
-    extra = [c for c in df.columns if c not in ARMS_CSV_COLUMNS]
-    return df[list(ARMS_CSV_COLUMNS) + extra]
+    if design is not None:
+        for col in ("seeds_used", "decided_at"):
+            df[col] = df[col].astype("Int64")
+    first = csv_columns(df)
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def csv_columns(df: pd.DataFrame) -> list[str]:
+    """arms.csv's columns: ARMS_CSV_COLUMNS, then, for a sweep whose seeds were added by a rule,
+    SEQUENTIAL_CSV_COLUMNS (so an ordinary sweep's arms.csv is as it always was)."""
+    rule = all(c in df.columns for c in SEQUENTIAL_CSV_COLUMNS)
+    return list(ARMS_CSV_COLUMNS) + (list(SEQUENTIAL_CSV_COLUMNS) if rule else [])

@@ -194,7 +194,8 @@ def curve_plot(df: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame, met
     return [_save(fig, out / "learning_curves.png")]
 
 
-def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path) -> list[Path]:
+def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path,
+                    basis: str = "Holm p < 0.05") -> list[Path]:
     every = [r for r in df.to_dict("records") if r["baseline"] and
              (_finite(r["diff"]) or r["state"] == "stopped")]
     if not every:
@@ -223,7 +224,7 @@ def difference_plot(df: pd.DataFrame, metric: str, mode: str, out: Path) -> list
     ax.set_xlabel(f"{metric}: arm − reference (final, paired by seed; 95% t interval; "
                   f"better to the {better})", fontsize=8)
     ax.set_title("Difference to each arm's reference\ngreen better, red worse, grey n.s. "
-                 "(Holm p < 0.05); hollow: no interval (one pair or zero variance)"
+                 f"({basis}); hollow: no interval (one pair or zero variance)"
                  f"{_shown(len(rows), len(every), 'comparisons')}", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return [_save(fig, out / "differences.png")]

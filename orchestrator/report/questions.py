@@ -53,14 +53,15 @@ def family_text(inputs: SweepInputs, df: pd.DataFrame) -> str | None:
             f"{listed}{untested})")
 
 
-def descriptive_text(df: pd.DataFrame) -> str:
-    """The method sentence for the comparisons that are not questions ("" when there are none)."""
+def descriptive_text(df: pd.DataFrame, family: str = "Holm's family") -> str:
+    """The method sentence for the comparisons that are not questions ("" when there are none);
+    `family` names the set they are not in (a seed rule's sweep: "the rule's family")."""
     others = int((~df["question"] & (df["verdict"] == "descriptive")).sum())
     if not others:
         return ""
     return (f" The other {others} comparison(s) of an arm with its reference are not questions "
             f"of the study: they are descriptive (difference and 95% interval; no p, not in "
-            f"Holm's family, verdict 'descriptive').")
+            f"{family}, verdict 'descriptive').")
 
 
 def exact_text(df: pd.DataFrame) -> str:

@@ -24,8 +24,9 @@ from orchestrator.report.inputs import SweepInputs, canonical
 from orchestrator.report.render import Cell, Table, cells
 from orchestrator.sinks.base import best_of
 
-__all__ = ["arms_table", "axis_tables", "backbone_table", "factorial_table", "fmt_count",
-           "fmt_p", "fmt_value", "short_names", "wants_backbone_table"]
+__all__ = ["arms_table", "axis_tables", "backbone_table", "basis_cell", "basis_head",
+           "factorial_table", "fmt_count", "fmt_p", "fmt_value", "short_names",
+           "wants_backbone_table"]
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -77,6 +78,25 @@ def _diff(row: Mapping[str, Any]) -> str:
     return fmt_value(row["diff"], signed=True) + ci
 
 
+def basis_head(df: pd.DataFrame) -> str:
+    """The header of the column a verdict rests on: the Holm p, or under a seed rule (arms.csv's
+    `seeds_used` present) the paired seeds of the sequential rule's decision."""
+    return "seeds (rule)" if "seeds_used" in df.columns else "p (Holm)"
+
+
+def basis_cell(row: Mapping[str, Any]) -> str:
+    """The Holm p; under a seed rule "decided at 5" (the look that crossed), "8 of 8" (n.s.) or
+    "4 of 8" (undecided), or "—" outside the questions and for an arm without paired seeds."""
+    if "seeds_used" not in row:
+        return fmt_p(row["p_holm"])
+    used, at = row["seeds_used"], row["decided_at"]
+    if pd.isna(used) or not row["question"] or not row["n_pairs"]:
+        return "—"
+    if not pd.isna(at):
+        return f"decided at {int(at)}" + (f" (look {int(used)})" if int(used) != int(at) else "")
+    return f"{int(used)} of {row['seeds_max']}"
+
+
 def _best(rows: Sequence[Mapping[str, Any]], mode: str) -> float | None:
     return best_of((r["mean"] for r in rows if r["state"] == "finished"
                     and not _missing(r["mean"])), mode)
@@ -121,7 +141,7 @@ def arms_table(inputs: SweepInputs, df: pd.DataFrame) -> Table:
         body.append(cells(
             r["arm"], r["baseline"] or "—", n, _mean_std(r), _ci(r["ci_low"], r["ci_high"]),
             fmt_count(r["params"]), fmt_count(r["macs"]), _diff(r), fmt_p(r["p_value"]),
-            fmt_p(r["p_holm"]), fmt_value(r["d_z"], 2), fmt_p(r["wilcoxon_p"]), r["verdict"],
+            basis_cell(r), fmt_value(r["d_z"], 2), fmt_p(r["wilcoxon_p"]), r["verdict"],
             bold=[False, False, False, _is_best(r, best)]))
         if r["state"] == "stopped" and not _missing(r["stop_mean"]):
             notes.append(f"{r['arm']}: stopped at {r['stopped_at']} with mean {inputs.metric} "
@@ -131,7 +151,7 @@ def arms_table(inputs: SweepInputs, df: pd.DataFrame) -> Table:
     whys = sorted({r["wilcoxon_note"] for r in rows if r["wilcoxon_note"]})
     notes += [f"Wilcoxon signed-rank {w}" for w in whys]
     columns = ("arm", "reference", "n (done/stopped[/failed])", _metric_head(inputs), "95% CI",
-               "params", "MACs", "Δ vs reference [95% CI]", "p (t)", "p (Holm)", "d_z",
+               "params", "MACs", "Δ vs reference [95% CI]", "p (t)", basis_head(df), "d_z",
                "p (Wilcoxon)", "verdict")
     return Table(f"Arms against their reference ({inputs.metric}, {_direction(inputs)})",
                  columns, tuple(body), tuple(notes), align="l" + "l" + "r" * 10 + "l")
@@ -175,12 +195,12 @@ def _arm_for(inputs: SweepInputs, key: str, value: Any) -> str | None:
 
 def _stat_cells(r: Mapping[str, Any], best: float | None) -> tuple[Cell, ...]:
     return (Cell(fmt_count(r["params"])), Cell(fmt_count(r["macs"])),
-            Cell(_mean_std(r), _is_best(r, best)), Cell(_diff(r)), Cell(fmt_p(r["p_holm"])),
+            Cell(_mean_std(r), _is_best(r, best)), Cell(_diff(r)), Cell(basis_cell(r)),
             Cell(r["verdict"]))
 
 
-def _stat_columns(inputs: SweepInputs) -> tuple[str, ...]:
-    return ("params", "MACs", _metric_head(inputs), "Δ vs reference [95% CI]", "p (Holm)",
+def _stat_columns(inputs: SweepInputs, df: pd.DataFrame) -> tuple[str, ...]:
+    return ("params", "MACs", _metric_head(inputs), "Δ vs reference [95% CI]", basis_head(df),
             "verdict")
 
 
@@ -210,7 +230,7 @@ def axis_tables(inputs: SweepInputs, df: pd.DataFrame) -> list[Table]:
             else:
                 body.append((Cell(label), Cell(r["arm"]), *_stat_cells(r, best)))
         out.append(Table(f"{key} ({inputs.metric}, {_direction(inputs)})",
-                         (short[key], "arm", *_stat_columns(inputs)), tuple(body),
+                         (short[key], "arm", *_stat_columns(inputs, df)), tuple(body),
                          align="ll" + "r" * 5 + "l"))
     return out
 
@@ -226,7 +246,7 @@ def factorial_table(inputs: SweepInputs, df: pd.DataFrame) -> Table:
         vals = [render_value(factors[k]) if k in factors else "—" for k in keys]
         body.append((*(Cell(v) for v in vals), Cell(r["arm"]), *_stat_cells(r, best)))
     return Table(f"Factorial design ({inputs.metric}, {_direction(inputs)})",
-                 (*(short[k] for k in keys), "arm", *_stat_columns(inputs)), tuple(body),
+                 (*(short[k] for k in keys), "arm", *_stat_columns(inputs, df)), tuple(body),
                  align="l" * (len(keys) + 1) + "r" * 5 + "l")
 
 
@@ -255,11 +275,11 @@ def backbone_table(inputs: SweepInputs, df: pd.DataFrame) -> Table:
         body.append(cells(
             _model(ref), fmt_count(ref["params"]), fmt_count(ref["macs"]), _mean_std(ref),
             _model(r), fmt_count(r["params"]), fmt_count(r["macs"]), _mean_std(r), _diff(r),
-            fmt_p(r["p_holm"]), r["verdict"],
+            basis_cell(r), r["verdict"],
             bold=[False, False, False, _is_best(ref, best), False, False, False,
                   _is_best(r, best)]))
     m = inputs.metric
     return Table(f"Backbones: each arm beside its own reference ({m}, {_direction(inputs)})",
                  ("reference", "params", "MACs", f"{m} mean ± std", "arm", "params", "MACs",
-                  f"{m} mean ± std", "Δ [95% CI]", "p (Holm)", "verdict"), tuple(body),
+                  f"{m} mean ± std", "Δ [95% CI]", basis_head(df), "verdict"), tuple(body),
                  align="lrrrlrrrrrl")

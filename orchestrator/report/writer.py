@@ -42,12 +42,19 @@ from rich.table import Table as RichTable
 
 from orchestrator.layout import REPORT_DIR
 from orchestrator.report import plots, stats, tables
-from orchestrator.report.arms import ARMS_CSV_COLUMNS, arm_rows
+from orchestrator.report.arms import ARMS_CSV_COLUMNS, arm_rows, csv_columns
 from orchestrator.report.inputs import ReportError, SweepInputs, load_sweep
 from orchestrator.report.published import comparison_table, load_published
 from orchestrator.report.render import Document, Figure, to_html, to_latex, to_markdown
 from orchestrator.report.search import search_result, search_tables
-from orchestrator.report.tables import fmt_p, fmt_value, short_names, wants_backbone_table
+from orchestrator.report.seed_rule import rule_caveats, rule_text, seed_rule
+from orchestrator.report.tables import (
+    basis_cell,
+    basis_head,
+    fmt_value,
+    short_names,
+    wants_backbone_table,
+)
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -79,8 +86,22 @@ def _counts(inputs: SweepInputs) -> str:
 
 
 def _intro(inputs: SweepInputs, df: pd.DataFrame) -> str:
-    from orchestrator.report.questions import descriptive_text, exact_text, family_text
+    from orchestrator.report.questions import asked, descriptive_text, exact_text, family_text
 
+    design = seed_rule(inputs.spec)
+    if design is not None:
+        # Seeds added until decided: the sequential rule, not Holm, gives the verdicts.
+        seeds = ", ".join(str(s) for s in inputs.seeds) or "?"
+        ran = sorted({int(n) for n in inputs.trials.groupby("arm")["seed"].nunique()})
+        per_arm = f" ({ran[0]} to {ran[-1]} per arm)" if len(ran) > 1 else ""
+        return (f"Sweep {inputs.name}: {len(df)} arms, seeds {seeds}{per_arm}, "
+                f"{len(inputs.trials)} trials ({_counts(inputs)}). Metric: {inputs.metric}, "
+                f"final value (last epoch) of each completed seed; "
+                f"{'higher' if inputs.mode == 'max' else 'lower'} is better. Each arm is "
+                f"compared with its reference over the seeds both completed (difference = arm "
+                f"− reference). " + rule_text(design, df, asked(inputs))
+                + " d_z is Cohen's effect size of the paired differences (mean / SD)."
+                + descriptive_text(df, "the rule's family"))
     tested = int(df["p_value"].notna().sum())
     stopped = int(((df["state"] == "stopped") & df["question"]).sum())
     family = family_text(inputs, df)
@@ -139,7 +160,8 @@ def _design_document(inputs: SweepInputs, df: pd.DataFrame, published, compare_t
         "differences.png": "Difference to each arm's reference with its 95% interval"}
     for path in figures:
         doc.add(Figure(path.name, captions.get(path.name, path.stem)))
-    doc.text(_CAVEATS)
+    design = seed_rule(inputs.spec)
+    doc.text(_CAVEATS if design is None else rule_caveats(design))
     return doc, rows
 
 
@@ -181,10 +203,12 @@ def _write_documents(doc: Document, stem: str, out: Path) -> list[Path]:
 def _build_design(inputs: SweepInputs, out: Path, published, compare_to) -> dict[str, Any]:
     df = arm_rows(inputs)
     files = [out / "arms.csv"]
-    df[list(ARMS_CSV_COLUMNS)].to_csv(files[0], index=False)
+    df[csv_columns(df)].to_csv(files[0], index=False)
     figures = plots.size_plots(df, inputs.metric, inputs.mode, out, wants_backbone_table(inputs))
     figures += plots.curve_plot(df, inputs.trials, inputs.epochs, inputs.metric, out)
-    figures += plots.difference_plot(df, inputs.metric, inputs.mode, out)
+    figures += plots.difference_plot(df, inputs.metric, inputs.mode, out,
+                                     basis="Holm p < 0.05" if seed_rule(inputs.spec) is None
+                                     else "sequential rule")
     doc, pub_rows = _design_document(inputs, df, published, compare_to, figures)
     if pub_rows is not None:
         files.append(out / "published.csv")
@@ -257,7 +281,8 @@ def _fmt(x: Any, signed: bool = False) -> str:
 
 def verdict_table(report: Report, max_rows: int = 15):
     """A rich Table for the terminal: per arm its reference, n (completed/stopped), mean ± std,
-    difference, Holm p and verdict; for a search, the best trials with their sampled values."""
+    difference, Holm p (under a seed rule: the paired seeds of the decision) and verdict; for a
+    search, the best trials with their sampled values."""
     if report.kind == "search":
         assert report.search is not None, "a search report has its SearchResult"
         ranked = report.search.ranked
@@ -288,7 +313,7 @@ def verdict_table(report: Report, max_rows: int = 15):
     width = max((len(line) for label in labels for line in label.split("\n")), default=3)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("arm", "left"), ("n", "right"), ("mean ± std", "right"), ("diff", "right"),
-        ("p (Holm)", "right"), ("verdict", "left"))
+        (basis_head(report.arms), "right"), ("verdict", "left"))
     for col, just in columns:
         table.add_column(col, justify=just, no_wrap=col != "verdict",
                          min_width=width if col == "arm" else None)
@@ -297,7 +322,7 @@ def verdict_table(report: Report, max_rows: int = 15):
         mean = "—" if r["state"] != "finished" else (
             _fmt(r["mean"]) + ("" if r["std"] != r["std"] else f" ± {_fmt(r['std'])}"))
         table.add_row(label, f"{r['n_completed']}/{r['n_stopped']}", mean,
-                      _fmt(r["diff"], signed=True), fmt_p(r["p_holm"]), r["verdict"],
+                      _fmt(r["diff"], signed=True), basis_cell(r), r["verdict"],
                       style=styles.get(r["verdict"]))
     return table
 
