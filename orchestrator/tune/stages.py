@@ -31,6 +31,7 @@ from orchestrator._provenance import parse_spec_yaml
 from orchestrator.layout import SPEC_FILE, TRIALS_FILE
 from orchestrator.plan.model import Plan
 from orchestrator.plan.record import PlanRecord
+from orchestrator.report.seed_rule import seed_rule
 from orchestrator.report.sequential import (
     SequentialVerdict,
     question_differences,
@@ -47,9 +48,11 @@ Member = tuple[str, int]          # (arm, seed)
 
 
 def design_of(rule: SeedRule) -> Design:
-    """The sequential rule's design for a spec's seed rule."""
-    return Design(alpha=rule.alpha, spending=rule.spending, start=rule.start, max=rule.max,
-                  batch=rule.batch)
+    """The sequential rule's design for a spec's seed rule: the report's reading of spec.yaml
+    (`report.seed_rule.seed_rule`), so that the driver and the report decide alike."""
+    design = seed_rule({"seeds": rule.model_dump()})
+    assert design is not None
+    return design
 
 
 def first_members(plan: Plan) -> frozenset[Member]:
