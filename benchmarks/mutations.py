@@ -202,6 +202,23 @@ MUTATIONS: list[Mutation] = [
              "            if member in self._ended:\n                continue\n"
              "            continue",
              "a rung is decided on the seeds that have arrived, not the whole seed groups"),
+    # ---- seeds added until decided (orchestrator/tune/stages.py) ----
+    Mutation("rule-seeds-decided-questions", "orchestrator/tune/stages.py",
+             "if not verdict.needs_more or arm in stopped or ref in stopped:",
+             "if arm in stopped or ref in stopped:",
+             "questions already decided (or at max) still get seeds"),
+    Mutation("rule-seeds-stopped-arms", "orchestrator/tune/stages.py",
+             "if not verdict.needs_more or arm in stopped or ref in stopped:",
+             "if not verdict.needs_more:",
+             "an arm stopped by early stopping is given more seeds"),
+    Mutation("rule-unpaired-seeds", "orchestrator/tune/stages.py",
+             "add.update({(arm, seed): None, (ref, seed): None})",
+             "add.update({(arm, seed): None})",
+             "an added seed runs for the question's arm but not its reference"),
+    Mutation("rule-ignores-budget", "orchestrator/tune/stages.py",
+             "    why = _over_budget(plan, ours, new)\n",
+             "    why = ''\n",
+             "a batch that does not fit run.budget is started anyway"),
 ]
 
 # The test files that run first for a break in a file (Mutation.first): the ones written to
@@ -217,6 +234,7 @@ FIRST_FOR = {
     "orchestrator/tune/ray_compat.py": ("tests/test_ray_compat.py", "tests/test_asha_reasons.py"),
     "orchestrator/scheduling/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
     "orchestrator/sinks/parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
+    "orchestrator/tune/stages.py": ("tests/test_stages.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }
