@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from orchestrator._provenance import write_spec_yaml
 from orchestrator.errors import ResumeError
@@ -15,7 +16,7 @@ from orchestrator.plan.model import Plan
 from orchestrator.plan.record import resolved_spec
 from orchestrator.sequential import decide
 from orchestrator.spec.load import load_spec
-from orchestrator.tune.grow import check_growth
+from orchestrator.tune.grow import check_growth, keep_budget
 from orchestrator.tune.stages import (
     current_stage,
     describe,
@@ -153,3 +154,19 @@ def test_a_resumed_run_starts_from_the_saved_stage_and_a_changed_rule_is_refused
                         source="quickstart.yaml", data_required=False)
     with pytest.raises(ResumeError, match="seeds: the saved sweep"):
         check_growth(listed, folder / "spec.yaml")
+
+
+def test_the_budget_may_change_on_resume(tmp_path):
+    plan = rule_plan(f"run.storage={tmp_path}", "run.budget={trial_epochs: 95}")
+    folder = tmp_path / plan.spec.name
+    write_spec_yaml(folder, resolved_spec(plan.restricted(first_members(plan))), {})
+    raised = rule_plan(f"run.storage={tmp_path}", "run.budget={trial_epochs: 200}")
+    assert check_growth(current_stage(raised, folder), folder / "spec.yaml") is None
+    keep_budget(current_stage(raised, folder), folder)
+    saved = yaml.safe_load((folder / "spec.yaml").read_text())
+    assert saved["run"]["budget"]["trial_epochs"] == 200
+    assert len(saved["plan"]["trials"]) == 9
+    other = rule_plan(f"run.storage={tmp_path}", "run.budget={trial_epochs: 95}",
+                      "run.max_concurrent=1")
+    with pytest.raises(ResumeError, match="run.max_concurrent differ"):
+        check_growth(current_stage(other, folder), folder / "spec.yaml")

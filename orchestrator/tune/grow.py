@@ -39,13 +39,14 @@ import pyarrow.fs as pafs
 from orchestrator._files import filesystem
 from orchestrator._provenance import parse_spec_yaml, provenance, write_spec_yaml
 from orchestrator.errors import ResumeError
-from orchestrator.layout import DECISIONS_FILE, RUNGS_FILE, TRIALS_FILE
+from orchestrator.layout import DECISIONS_FILE, RUNGS_FILE, SPEC_FILE, TRIALS_FILE
 from orchestrator.plan.grow import PlanDiff, diff_plans, spec_changes
 from orchestrator.plan.model import Plan
 from orchestrator.plan.record import PlanRecord, resolved_spec
 from orchestrator.sinks.parquet import read_trials, table_exists
 
-__all__ = ["GROWABLE", "RECIPE", "Growth", "check_growth", "finished_keys", "start_grown"]
+__all__ = ["GROWABLE", "RECIPE", "Growth", "check_growth", "finished_keys", "keep_budget",
+           "start_grown"]
 
 # Spec keys a study may grow along: its design (seeds, axes, named arms, references) and words.
 GROWABLE = frozenset({"seeds", "axes", "arms", "references", "description", "compare"})
@@ -91,9 +92,10 @@ def check_growth(plan: Plan, saved_path: Path, *, rerun_changed: bool = False,
     current = json.loads(json.dumps(resolved_spec(plan)))
     keys = spec_changes({k: v for k, v in saved.items() if k != "plan"},
                         {k: v for k, v in current.items() if k != "plan"})
-    if not keys and saved.get("plan") == current.get("plan"):
-        return None
-    foreign = [k for k in keys if k.split(".")[0] not in GROWABLE | RECIPE]
+    if all(_budget_key(k) for k in keys) and saved.get("plan") == current.get("plan"):
+        return None         # the same sweep (with another budget: `keep_budget` records it)
+    foreign = [k for k in keys if k.split(".")[0] not in GROWABLE | RECIPE
+               and not _budget_key(k)]
     if foreign or plan.is_search:
         raise _not_same(plan, saved_path, foreign or keys)
     _check_rule_kept(plan, saved, saved_path)
@@ -135,6 +137,22 @@ def check_growth(plan: Plan, saved_path: Path, *, rerun_changed: bool = False,
             f"trials; resume it first with the spec and --set options it was saved with, so "
             f"that they continue from their checkpoints, then grow it")
     return Growth(diff=diff, keys=tuple(keys), rerun_changed=rerun_changed)
+
+
+def _budget_key(key: str) -> bool:
+    """run.budget only caps how many seeds a rule may still add: raising or lowering it moves no
+    look of the rule (its schedule is fixed by `seeds`), so it may change on --resume."""
+    return key == "run.budget" or key.startswith("run.budget.")
+
+
+def keep_budget(plan: Plan, target: Path) -> None:
+    """A resumed sweep whose spec changed only its run.budget: record the new one in spec.yaml
+    (the report reads it from there)."""
+    path = target / SPEC_FILE
+    saved = parse_spec_yaml(path.read_text()) if path.is_file() else None
+    current = json.loads(json.dumps(resolved_spec(plan)))
+    if saved and (saved.get("run") or {}).get("budget") != current["run"].get("budget"):
+        write_spec_yaml(target, resolved_spec(plan), provenance())
 
 
 def _check_rule_kept(plan: Plan, saved: dict[str, Any], saved_path: Path) -> None:

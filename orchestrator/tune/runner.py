@@ -27,7 +27,7 @@ from orchestrator.sinks.parquet import ParquetSink
 from orchestrator.sinks.progress import ProgressSink
 from orchestrator.tune.callback import SinkCallback
 from orchestrator.tune.cluster import check_capacity
-from orchestrator.tune.grow import finished_keys, start_grown
+from orchestrator.tune.grow import finished_keys, keep_budget, start_grown
 from orchestrator.tune.lock import DriverLock
 from orchestrator.tune.ray_compat import preloading_workers, quiet_ray
 from orchestrator.tune.resume import (
@@ -168,6 +168,8 @@ def _run_stage(plan: Plan, *, target: Path, resume: bool, rerun_changed: bool,
     if growth is not None:
         skip = start_grown(plan, target, growth, tune_experiment_dir(plan), notify)
         resume = False
+    elif resume:
+        keep_budget(plan, target)
     elif resume and not saved_state(plan):
         # Killed before Tune saved anything (or a grown sweep killed before its experiment
         # was saved): start, but not the trials Parquet already has as finished.
