@@ -47,7 +47,7 @@ CASES = {
     "seed beyond 32 bits": (edit("seeds: [0, 1, 2]", "seeds: [0, 99999999999999999999]"), [],
                             "seeds: every seed must be between 0 and 4294967295"),
     "seeds not integers": (edit("seeds: [0, 1, 2]", "seeds: [a, b]"), [], "seeds[0]"),
-    "no seeds": (edit("seeds: [0, 1, 2]", "seeds: []"), [], "seeds: List should have at least"),
+    "no seeds": (edit("seeds: [0, 1, 2]", "seeds: []"), [], "seeds: give at least one seed"),
     # ---- unknown names ----
     "unknown top-level key": (edit("seeds:", "sedes:"), [], "did you mean 'seeds'?"),
     "unknown model": (edit("backbone: localvit_micro", "backbone: localvit_mikro"), [],

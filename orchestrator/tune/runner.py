@@ -165,11 +165,11 @@ def _run_stage(plan: Plan, *, target: Path, resume: bool, rerun_changed: bool,
     skip: frozenset[str] = frozenset()
     growth = (check_same_sweep(plan, target / SPEC_FILE, rerun_changed=rerun_changed)
               if resume else None)
+    if resume and growth is None:
+        keep_budget(plan, target)
     if growth is not None:
         skip = start_grown(plan, target, growth, tune_experiment_dir(plan), notify)
         resume = False
-    elif resume:
-        keep_budget(plan, target)
     elif resume and not saved_state(plan):
         # Killed before Tune saved anything (or a grown sweep killed before its experiment
         # was saved): start, but not the trials Parquet already has as finished.
