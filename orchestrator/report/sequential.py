@@ -10,8 +10,9 @@ the questions given: `decide` shares alpha over exactly them.
 
 `sequential.decide` works in raw units (a positive difference is "better"); for a metric to
 minimise the labels are swapped here, so "better" always means better by the metric's mode.
-Nothing here runs trials or changes the runner: a driver that adds seeds calls
-`sequential_verdicts` after each batch and `sequential.seeds_wanted` on the states it returns.
+Nothing here runs trials: the driver that adds seeds (`orchestrator.tune.stages`) calls
+`sequential_verdicts` after each stage, and the report (`orchestrator.report.seed_rule`) at the
+end, so both read the same verdicts from the same rows.
 """
 
 from __future__ import annotations
