@@ -11,8 +11,6 @@ the decisions logged by the first run meet the grown runs' new seeds and new arm
 driver is a real process (tests/driver_process.py, as test_signals.py).
 """
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -20,10 +18,9 @@ import driver_process
 import pandas as pd
 import pytest
 import yaml
+from sweep_cli import rows, run
 
 from orchestrator.report.inputs import load_sweep
-from orchestrator.sinks.parquet import read_trials
-from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -34,17 +31,6 @@ MORE_SEEDS = ("--set", "seeds=[0,1,2,3,4]")
 MORE_ARMS = ("--set", "axes.model.locality.act=[relu6,hs]")
 
 
-def run(*args: str) -> tuple[int, str]:
-    """main(args) with its output captured: (exit code, stdout and stderr)."""
-    out = io.StringIO()
-    with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    return code, out.getvalue()
-
-
-def rows(sweep: Path) -> pd.DataFrame:
-    """trials.parquet by trial key, the config as stored."""
-    return read_trials(sweep, decode_config=False).set_index("trial_key").sort_index()
 
 
 def runs(storage: Path, name: str) -> dict[str, tuple]:

@@ -9,8 +9,6 @@ The sweeps run at 2 epochs of 4 steps with the quick start's arm-level halving a
 decisions meet the added seeds); tests/test_stages.py checks the stage logic without Ray.
 """
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -18,11 +16,10 @@ import driver_process
 import pandas as pd
 import pytest
 import yaml
+from sweep_cli import rows, run
 
 from orchestrator.plan.design import build_plan
-from orchestrator.sinks.parquet import read_trials
 from orchestrator.spec.load import load_spec
-from orchestrator.sweep import main
 from orchestrator.tune.stages import first_members, next_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,17 +27,6 @@ QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 pytestmark = pytest.mark.timeout(1200)
 RULE = ("--set", "seeds={start: 2, max: 4}", "--set", "base.train.epochs=2",
         "--set", "base.train.steps_per_epoch=4", "--set", "search.scheduler.asha.grace_period=1")
-
-
-def run(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    return code, out.getvalue()
-
-
-def rows(sweep: Path) -> pd.DataFrame:
-    return read_trials(sweep, decode_config=False).set_index("trial_key").sort_index()
 
 
 def mlflow_keys(storage: Path, name: str) -> list[str]:
