@@ -19,7 +19,7 @@ from PIL import Image
 
 from trainers._checkpoint import load_checkpoint
 from trainers.config import ConfigError, apply_overrides, train_config_from_dict
-from trainers.train import TrialDiverged, TrialResult, train, validate_config
+from trainers.train import TrialDiverged, TrialResult, metric_names, train, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Wall-clock metrics differ between any two runs; everything else must match to the bit.
@@ -145,6 +145,8 @@ def test_reported_metrics_are_the_saved_model_on_the_validation_split(tmp_path):
     rec = Recorder()
     train(cfg, rec, out_dir=tmp_path)
     reported = rec.calls[-1][1]
+    # The names the trainer declares (what a sweep checks its metric against) are what it reports.
+    assert set(reported) == metric_names(ema=True) and cfg.train.ema
     # Otherwise the comparisons below could not tell these figures apart.
     assert 0.3 < reported["val/top1"] < reported["val/top5"]
     assert reported["val_ema/top1"] != reported["val/top1"]

@@ -17,7 +17,7 @@ from orchestrator.spec.model import SweepSpec
 from trainers.config import ConfigError, TrainConfig, format_validation_error
 from trainers.data import check_data
 from trainers.registry import default_img_size
-from trainers.train import validate_config
+from trainers.train import metric_names, validate_config
 
 __all__ = ["check_metric", "domain_probe_values", "reported_metrics", "resolve_config",
            "run_check", "trainer_validate"]
@@ -73,12 +73,8 @@ def trainer_validate(cfg: TrainConfig) -> None:
 
 
 def reported_metrics(cfg: TrainConfig) -> set[str]:
-    """The metric names a trial of `cfg` reports each epoch (trainers.train._epoch_metrics)."""
-    names = {"train/loss", "val/loss", "val/top1", "val/top5", "lr", "train/images_per_s",
-             "params", "macs", "epoch_time_s", "train/cuda", "train/amp"}
-    if cfg.train.ema:
-        names |= {"val_ema/loss", "val_ema/top1", "val_ema/top5"}
-    return names
+    """The metric names a trial of `cfg` reports each epoch, as the trainer declares them."""
+    return set(metric_names(cfg.train.ema))
 
 
 def check_metric(spec: SweepSpec, configs: list[TrainConfig], source: str) -> None:

@@ -37,12 +37,15 @@ from trainers._mapping import flatten
 from trainers.config import ConfigError, TrainConfig
 
 __all__ = [
+    "EMA_METRICS",
+    "EPOCH_METRICS",
     "METRICS_FILE",
     "Reporter",
     "TrainConfig",
     "TrialDiverged",
     "TrialResult",
     "check_resume",
+    "metric_names",
     "resolve_device",
     "resolve_img_size",
     "train",
@@ -313,6 +316,19 @@ def _checkpoint(run: _Run, epoch: int, out: Path, wall_time_s: float) -> None:
 
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+# The names of the metrics a trial reports each epoch (`_epoch_metrics` and the epoch's timing and
+# device flags), and with EMA on, the EMA model's too; the sweep checks its metric against them
+# (tests/test_train.py checks them against what a trial reports).
+EPOCH_METRICS = ("train/loss", "val/loss", "val/top1", "val/top5", "lr", "train/images_per_s",
+                 "params", "macs", "epoch_time_s", "train/cuda", "train/amp")
+EMA_METRICS = ("val_ema/loss", "val_ema/top1", "val_ema/top5")
+
+
+def metric_names(ema: bool) -> frozenset[str]:
+    """What every epoch of a trial reports, with `train.ema` as given."""
+    return frozenset(EPOCH_METRICS + (EMA_METRICS if ema else ()))
 
 
 def _epoch_metrics(stats: EpochStats, val: dict[str, float], ema_val: dict[str, float] | None,
