@@ -31,7 +31,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from scipy import stats
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 SeqVerdict = Literal["better", "worse", "undecided", "n.s."]
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -243,11 +244,12 @@ def decide(design: Design, differences: Mapping[str, Sequence[float]]) -> dict[s
     return out
 
 
-def seeds_wanted(design: Design, states: Mapping[str, QuestionState]) -> dict[str, int]:
+def seeds_wanted(design: Design, states: Mapping[K, QuestionState]) -> dict[K, int]:
     """How many paired seeds each question should have once the next batch is done: the next
-    look of a question that needs more, its current n otherwise (nothing to add)."""
+    look of a question that needs more, its current n otherwise (nothing to add). Keyed as
+    `states` is (question names, or the report's (arm, reference) pairs)."""
     sched = design.looks()
-    wanted: dict[str, int] = {}
+    wanted: dict[K, int] = {}
     for name, st in states.items():
         if not st.needs_more:
             wanted[name] = st.n

@@ -37,7 +37,7 @@ from orchestrator.report.sequential import (
     question_differences,
     sequential_verdicts,
 )
-from orchestrator.sequential import Design
+from orchestrator.sequential import Design, seeds_wanted
 from orchestrator.sinks.parquet import read_trials, table_exists
 from orchestrator.spec.model import SeedRule
 
@@ -150,13 +150,12 @@ def next_stage(plan: Plan, stage: Plan, rows: pd.DataFrame) -> NextStage:
                                    plan.spec.search.mode)
     stopped = set(ours.loc[ours["status"] == "stopped", "arm"])
     members = {(t.arm, t.seed) for t in stage.trials}
+    open_ = {(arm, ref): v.state for (arm, ref), v in verdicts.items()
+             if v.needs_more and arm not in stopped and ref not in stopped}
     add: dict[Member, None] = {}
-    for (arm, ref), verdict in verdicts.items():
-        if not verdict.needs_more or arm in stopped or ref in stopped:
-            continue
-        wanted = _wanted(design, verdict)
+    for (arm, ref), wanted in seeds_wanted(design, open_).items():
         for seed in _next_seeds(plan, members | set(add), arm, ref,
-                                wanted - verdict.seeds_paired):
+                                wanted - verdicts[(arm, ref)].seeds_paired):
             add.update({(arm, seed): None, (ref, seed): None})
     new = tuple(m for m in add if m not in members)
     if not new:
@@ -166,12 +165,6 @@ def next_stage(plan: Plan, stage: Plan, rows: pd.DataFrame) -> NextStage:
     if why:
         return NextStage(None, verdicts, (), why, frozenset(stopped))
     return NextStage(plan.restricted(members | set(new)), verdicts, new, "", frozenset(stopped))
-
-
-def _wanted(design: Design, verdict: SequentialVerdict) -> int:
-    """Paired seeds a question needs at its next look."""
-    later = [n for n in design.looks() if n > verdict.seeds_paired]
-    return later[0] if later else design.max
 
 
 def study_rows(sweep_dir: Path) -> pd.DataFrame:
