@@ -34,7 +34,8 @@ from orchestrator.report.sequential import (
 from orchestrator.report.tables import fmt_p
 from orchestrator.sequential import Design
 
-__all__ = ["SEQUENTIAL_CSV_COLUMNS", "apply_rule", "rule_caveats", "rule_text", "seed_rule"]
+__all__ = ["SEQUENTIAL_CSV_COLUMNS", "apply_rule", "rule_caveats", "rule_text", "seed_rule",
+           "spent"]
 
 # Appended to arms.csv for a sweep under a seed rule (blank outside the questions):
 # seeds_used: paired seeds the verdict rests on (those at the look that decided it, else at the
@@ -58,6 +59,15 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def spent(trials: pd.DataFrame, gpu: float) -> tuple[float, float]:
+    """(trial-epochs, GPU-hours) the trials have spent: epochs run summed over them (a stopped
+    trial counts the epochs it ran), and their wall time x `gpu` GPUs per trial."""
+    epochs = float(pd.to_numeric(trials["epochs_run"], errors="coerce").fillna(0).sum())
+    wall = trials["wall_time_s"] if "wall_time_s" in trials else pd.Series(dtype=float)
+    hours = float(pd.to_numeric(wall, errors="coerce").fillna(0).sum()) / 3600
+    return epochs, hours * gpu
+
+
 def _budget(spec: Mapping[str, Any], trials: pd.DataFrame) -> str | None:
     """`run.budget` in words with what the trials spent, or None when the spec sets none."""
     run = spec.get("run")
@@ -65,8 +75,8 @@ def _budget(spec: Mapping[str, Any], trials: pd.DataFrame) -> str | None:
     if not isinstance(budget, Mapping):
         return None
     if budget.get("trial_epochs") is not None:
-        spent = int(pd.to_numeric(trials["epochs_run"], errors="coerce").fillna(0).sum())
-        return f"run.budget of {int(budget['trial_epochs'])} trial-epochs, {spent} spent"
+        epochs = int(spent(trials, 0.0)[0])
+        return f"run.budget of {int(budget['trial_epochs'])} trial-epochs, {epochs} spent"
     if budget.get("gpu_hours") is not None:
         return f"run.budget of {float(budget['gpu_hours']):g} GPU-hours"
     return None

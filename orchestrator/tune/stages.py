@@ -31,7 +31,7 @@ from orchestrator._provenance import parse_spec_yaml
 from orchestrator.layout import SPEC_FILE, TRIALS_FILE
 from orchestrator.plan.model import Plan
 from orchestrator.plan.record import PlanRecord
-from orchestrator.report.seed_rule import seed_rule
+from orchestrator.report.seed_rule import seed_rule, spent
 from orchestrator.report.sequential import (
     SequentialVerdict,
     question_differences,
@@ -98,14 +98,6 @@ class NextStage:
     stopped: frozenset[str] = frozenset()       # arms early stopping stopped (no seeds added)
 
 
-def _spent(rows: pd.DataFrame, gpu: float) -> tuple[float, float]:
-    """(trial-epochs, GPU-hours) the study has spent: epochs run summed over its trials, and
-    their wall time x GPUs per trial."""
-    epochs = float(pd.to_numeric(rows["epochs_run"], errors="coerce").fillna(0).sum())
-    hours = float(pd.to_numeric(rows["wall_time_s"], errors="coerce").fillna(0).sum()) / 3600
-    return epochs, hours * gpu
-
-
 def _over_budget(plan: Plan, rows: pd.DataFrame, new: Collection[Member]) -> str:
     """Why the next batch (the trials of `new`) does not fit run.budget ("" if it does)."""
     budget = plan.spec.run.budget
@@ -114,7 +106,7 @@ def _over_budget(plan: Plan, rows: pd.DataFrame, new: Collection[Member]) -> str
     by_member = {(t.arm, t.seed): t for t in plan.trials}
     batch_epochs = sum(by_member[m].config.train.epochs for m in new)
     gpu = plan.spec.run.resources_per_trial.gpu
-    epochs, gpu_hours = _spent(rows, gpu)
+    epochs, gpu_hours = spent(rows, gpu)
     if budget.trial_epochs is not None:
         if epochs + batch_epochs > budget.trial_epochs:
             return (f"run.budget.trial_epochs: {epochs:g} of {budget.trial_epochs} spent, and "
