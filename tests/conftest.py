@@ -80,10 +80,11 @@ def ray_session():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
 
-    from orchestrator.tune.ray_compat import preloading_workers
+    from orchestrator.tune.ray_compat import preloading_workers, trials_on_preloaded_workers
     from orchestrator.tune.runner import TRIAL_MODULES
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR", _system_config=preloading_workers(TRIAL_MODULES))
+    trials_on_preloaded_workers()
     yield
     ray.shutdown()

@@ -11,6 +11,7 @@ against the Ray source that reads them. A Ray upgrade that moves one of them fai
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -241,25 +242,39 @@ def test_each_quiet_logger_is_a_ray_module_logging_under_its_name(name):
 
 
 @pytest.mark.system
-def test_preloading_workers_start_with_the_trial_modules_imported(tmp_path):
-    # A Ray of its own (a subprocess: the suite shares one Ray session), once with the config and
-    # once without: an actor's worker has `trainers` imported before the actor asks only with it.
+def test_tune_trials_start_on_the_preloaded_workers_only_with_tunes_env_table_emptied(tmp_path):
+    # A Ray of its own (a subprocess: the suite shares one Ray session) that starts a worker with
+    # the cluster and preloads `trainers` into every worker; a Tune trial reports whether its
+    # worker was there before the Tuner ran (one the cluster started) and had `trainers`. With
+    # Tune's runtime env table as Ray ships it, the trial waits for a fresh worker; emptied, it
+    # runs on the one the cluster started.
     script = tmp_path / "preload.py"
     script.write_text(
-        "import sys, ray\n"
-        "from orchestrator.tune.ray_compat import preloading_workers\n"
-        "@ray.remote\n"
-        "class Probe:\n"
-        "    def __init__(self):\n"
-        "        self.had = 'trainers' in sys.modules\n"
-        "    def had_it(self):\n"
-        "        return self.had\n"
-        "for config in (preloading_workers(('json', 'trainers')), {}):\n"
+        "import json, os, sys, time, psutil, ray\n"
+        "from ray import tune\n"
+        "from orchestrator.tune.ray_compat import preloading_workers, trials_on_preloaded_workers\n"
+        "def where():\n"
+        "    tune.report({'born': psutil.Process(os.getpid()).create_time(),\n"
+        "                 'had': 'trainers' in sys.modules})\n"
+        "def shipped(config):\n"
+        "    where()\n"
+        "def emptied(config):\n"
+        "    where()\n"
+        f"storage = {str(tmp_path / 'tune')!r}\n"
+        "for probe in (shipped, emptied):\n"
+        "    if probe is emptied:\n"
+        "        trials_on_preloaded_workers()\n"
         "    ray.init(address='local', num_cpus=1, include_dashboard=False,\n"
-        "             logging_level='ERROR', _system_config=config)\n"
-        "    print('preloaded' if ray.get(Probe.remote().had_it.remote()) else 'not')\n"
+        "             logging_level='ERROR',\n"
+        "             _system_config=preloading_workers(('json', 'trainers')))\n"
+        "    before = time.time()\n"
+        "    grid = tune.Tuner(probe, run_config=tune.RunConfig(storage_path=storage,\n"
+        "                                                        verbose=0)).fit()\n"
+        "    m = grid[0].metrics\n"
+        "    print(json.dumps([probe.__name__, m['born'] < before, m['had']]), file=sys.stderr)\n"
         "    ray.shutdown()\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                         timeout=240, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["preloaded", "not"], out.stdout
+    rows = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('["')]
+    assert rows == [["shipped", False, True], ["emptied", True, True]], out.stderr[-3000:]

@@ -17,8 +17,9 @@ such reach, with the Ray code it depends on named in its docstring or comment:
 - `saved_checkpoint_paths`: which checkpoint each trial of a saved experiment state resumes
   from (Tune's state JSON, with Ray Train's checkpoint manager pickled inside), so that the
   checkpoint keeper never deletes one a restore needs.
-- `preloading_workers`: the system config by which a local Ray's workers import torch, timm
-  and the models as they start, before any trial is placed on them.
+- `preloading_workers`, `trials_on_preloaded_workers`: the system config by which a local Ray's
+  workers import torch, timm and the models as they start, before any trial is placed on them,
+  and the runtime env table of Tune's that kept trials off those workers.
 - `ENV_SWITCHES`, `QUIET_LOGGERS`, `quiet_ray`: the environment variables and logger names by
   which the driver turns off Tune's console output, loggers and warnings, all process-wide.
 
@@ -42,6 +43,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, NamedTuple
 
 import ray
+from ray.tune.execution import class_cache
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.utils.serialization import TuneFunctionDecoder
 
@@ -61,6 +63,7 @@ __all__ = [
     "asha_pending_rung",
     "check_ray_version",
     "preloading_workers",
+    "trials_on_preloaded_workers",
     "published_node_groups",
     "quiet_ray",
     "restored_run_parts",
@@ -177,9 +180,23 @@ def saved_checkpoint_paths(state_text: str) -> dict[str, str | None]:
 def preloading_workers(modules: tuple[str, ...]) -> dict[str, object]:
     """`ray.init(_system_config=...)` for a local Ray whose Python workers import `modules` when
     they start (RayConfig `preload_python_modules`, which the raylet passes to
-    `default_worker.py` as `--worker-preload-modules`; no public API has it). Ray starts a
-    pool of workers with the cluster and places actors on them, so trials skip those imports."""
+    `default_worker.py` as `--worker-preload-modules`; no public API has it). The raylet starts
+    one worker per CPU with the cluster, while the driver plans; a trial's actor is placed on
+    one of them only if its runtime env is the job's (see `trials_on_preloaded_workers`)."""
     return {"preload_python_modules": list(modules)}
+
+
+def trials_on_preloaded_workers() -> None:
+    """Let Tune's trial actors use the workers a local Ray started (and preloaded) with the
+    cluster. Tune gives every trainable actor the runtime env `{"env_vars": DEFAULT_ENV_VARS}`
+    plus the variables it propagates from the driver's environment
+    (`ray.tune.execution.class_cache`); `DEFAULT_ENV_VARS` is `{"PL_DISABLE_FORK": "1"}`, for
+    PyTorch Lightning, which no trial here uses. Ray places an actor only on a worker started
+    for the same runtime env, so with it every trial waited for a fresh worker to start and
+    import torch and timm, while the preloaded ones stayed idle (measured: benchmarks/RESULTS.md,
+    "worker start-up"). Empties that table in this process; a variable Tune propagates (AWS
+    keys, Ray Train's) still goes to the trials, which then start on fresh workers as before."""
+    class_cache.DEFAULT_ENV_VARS.clear()
 
 
 # --------------------------------------------------------------------------------------- results
