@@ -12,10 +12,12 @@ in which case nothing was created or launched. `--set` takes spec-level dotted k
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -288,5 +290,16 @@ def _doc_names(report) -> list[str]:
     return [p.name for p in report.files if p.suffix in (".md", ".tex", ".html", ".csv")]
 
 
+def _exit(code: int) -> NoReturn:
+    """Exit with `code` once every exit handler has run (Ray's shutdown, logging's and MLflow's
+    flushes) and the output is flushed, skipping only the interpreter's teardown of the torch,
+    Ray and gRPC modules, which kept the process 2-3 s after its last write
+    (benchmarks/RESULTS.md, "worker start-up")."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
