@@ -51,6 +51,23 @@ def test_digits_images_come_out_at_the_model_size_normalized():
     assert not torch.equal(bundle.train[3][0], bundle.train[3][0])
 
 
+def test_digits_validation_is_transformed_once_to_the_same_tensors_and_only_when_small():
+    aug = AugConfig()
+    x_va, y_va = D._digits_split(0.2)[1], D._digits_split(0.2)[3]
+    per_item = D._ArrayImages(x_va, y_va, D.eval_transform(aug, 16))
+    held = D.build_datasets(DataConfig(name="digits"), aug, 16).val
+    assert not isinstance(held, D._ArrayImages) and len(held) == len(per_item) == 360
+    for i in (0, 1, 359):
+        assert torch.equal(held[i][0], per_item[i][0]) and held[i][1] == per_item[i][1]
+    # Batches as a loader collates them: equal to the per-image transform's, bit for bit.
+    got = next(iter(D.make_loader(held, batch_size=64, train=False)))[0]
+    want = next(iter(D.make_loader(per_item, batch_size=64, train=False)))[0]
+    assert torch.equal(got, want)
+    # Past the memory bound (360 images at 224 px: 217 MB) each epoch transforms as it reads.
+    big = D.build_datasets(DataConfig(name="digits"), aug, 224).val
+    assert isinstance(big, D._ArrayImages)
+
+
 def test_randaugment_at_full_magnitude_runs(monkeypatch):
     # Magnitude 10 with "inc1" asks PIL to posterize to 0 bits; Pillow 13 raises on that, which is
     # why pyproject pins Pillow below 13. The spy shows the seeded draws really posterize to 0.

@@ -179,6 +179,34 @@ class _ArrayImages(Dataset):
         img = Image.fromarray(self.images[index], mode="L").convert("RGB")
         return self.transform(img), int(self.labels[index])
 
+    def transformed_once(self) -> Dataset:
+        """For a deterministic transform (evaluation's resize, crop and normalize): every image
+        through it once, held as one tensor, when that takes at most EVAL_CACHE_BYTES; each
+        epoch's validation then reads the tensors it would have computed (the digits validation
+        split went through PIL every epoch, most of a small trial's epoch time)."""
+        first = self.transform(Image.fromarray(self.images[0], mode="L").convert("RGB"))
+        if len(self) * first.numel() * first.element_size() > EVAL_CACHE_BYTES:
+            return self
+        return _Tensors(torch.stack([first] + [self[i][0] for i in range(1, len(self))]),
+                        self.labels)
+
+
+# Validation images held transformed in memory up to this size (digits at 32 px: 4.4 MB).
+EVAL_CACHE_BYTES = 64 << 20
+
+
+class _Tensors(Dataset):
+    """Images already transformed, (N, C, H, W), with their labels."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
 
 @functools.lru_cache(maxsize=4)
 def _digits_split(val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -235,7 +263,8 @@ def build_datasets(data: DataConfig, aug: AugConfig, img_size: int) -> DataBundl
     t_train, t_eval = train_transform(aug, img_size), eval_transform(aug, img_size)
     if data.name == "digits":
         x_tr, x_va, y_tr, y_va = _digits_split(data.val_fraction)
-        return DataBundle(_ArrayImages(x_tr, y_tr, t_train), _ArrayImages(x_va, y_va, t_eval), 10)
+        return DataBundle(_ArrayImages(x_tr, y_tr, t_train),
+                          _ArrayImages(x_va, y_va, t_eval).transformed_once(), 10)
     if data.name in _CIFAR:
         import torchvision.datasets as tvd
 
