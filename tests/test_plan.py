@@ -256,6 +256,7 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
 
     from orchestrator.plan import checks as plan_checks
     from orchestrator.tune import trainable
+    from trainers import registry
 
     train_mod = importlib.import_module("trainers.train")  # the package exports the function too
 
@@ -271,6 +272,15 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
     # The trainer's checks, wherever they are called from: the plan and the trainer itself.
     monkeypatch.setattr(train_mod, "validate_config", counted_check)
     monkeypatch.setattr(plan_checks, "validate_config", counted_check)
+    # And within each, the model's config is resolved once (backbone, knobs, arch, image size).
+    model_checks = []
+    real_model_check = registry.check_model_config
+
+    def counted_model_check(cfg, **kwargs):
+        model_checks.append(cfg)
+        real_model_check(cfg, **kwargs)
+
+    monkeypatch.setattr(registry, "check_model_config", counted_model_check)
 
     spec = small_spec(base={"model": {"backbone": "localvit_micro"},
                             "data": {"name": "digits", "img_size": 16},
@@ -282,6 +292,7 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
     assert [a.name for a in plan.arms] == ["baseline", "base", "act=hs"]
     assert len(plan.trials) == 6
     assert schema.calls == 3 and len(checks) == 3      # one per arm, none per seed
+    assert len(model_checks) == 3
 
     # The worker: the trial's config arrives by key, already checked, and is trained as it is.
     reported = []

@@ -103,7 +103,8 @@ def validate_config(cfg: TrainConfig) -> None:
     from trainers import registry
 
     data_lib.check_data(cfg.data)
-    registry.check_model_config(cfg.model)  # backbone, locality knobs, arch keys
+    # The image size first (an unknown backbone fails there, with the model check's message),
+    # then one model check: backbone, locality knobs, arch keys, then the size.
     img_size = resolve_img_size(cfg)
     registry.check_model_config(cfg.model, img_size=img_size)
     resolve_device(cfg)
