@@ -15,7 +15,6 @@ from pathlib import Path
 import driver_process
 import pandas as pd
 import pytest
-from sweep_cli import run
 
 from orchestrator.sinks.parquet import TRIALS_FILE, read_epochs, read_trials, table_exists
 from tiny_study import two_arm_spec
@@ -73,9 +72,13 @@ def _check_the_stop_and_resume(proc, log: Path, small_disk: Path, tmp_path: Path
         assert (trials["status"] == "completed").sum() == 1
 
     (small_disk / "filler").unlink()
-    # The restart runs in this process, on the suite's Ray session: the same code path as
-    # `python -m orchestrator.sweep ... --resume` (whose exit codes test_sweep.py checks).
-    code, text = run(*args, "--resume")
+    log2 = tmp_path / "resume.log"
+    proc = driver_process.start([*args, "--resume"], log2)
+    try:
+        code = proc.wait(timeout=300)
+    finally:
+        driver_process.kill(proc)
+    text = log2.read_text()
     assert code == 0, text[-3000:]
     assert "Traceback" not in text, text[-4000:]
     trials = pd.read_parquet(sweep / "trials.parquet")
@@ -95,8 +98,8 @@ def _start(small_disk: Path, tmp_path: Path, fault: str | None = None):
 
 @pytest.mark.system
 @pytest.mark.parametrize("point", ["mid-trial", "trial-end", "state-save"])
-def test_a_disk_full_at_each_point_of_tunes_work_says_so_and_resumes(ray_session, small_disk,
-                                                                     tmp_path, point):
+def test_a_disk_full_at_each_point_of_tunes_work_says_so_and_resumes(small_disk, tmp_path,
+                                                                     point):
     # Filled from inside the driver at that point of Tune's work (tests/tune_faults.py), not
     # after a delay: while a trial writes its checkpoints (before any trial ends), once the first
     # trial's rows are written, and while Tune copies its experiment state into the storage
