@@ -60,9 +60,10 @@ def test_digits_validation_is_transformed_once_to_the_same_tensors_and_only_when
     for i in (0, 1, 359):
         assert torch.equal(held[i][0], per_item[i][0]) and held[i][1] == per_item[i][1]
     # Batches as a loader collates them: equal to the per-image transform's, bit for bit.
-    got = next(iter(D.make_loader(held, batch_size=64, train=False)))[0]
-    want = next(iter(D.make_loader(per_item, batch_size=64, train=False)))[0]
-    assert torch.equal(got, want)
+    got = next(iter(D.make_loader(held, batch_size=64, train=False)))
+    want = next(iter(D.make_loader(per_item, batch_size=64, train=False)))
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1]) and got[1].dtype == want[1].dtype
     # Past the memory bound (360 images at 224 px: 217 MB) each epoch transforms as it reads.
     big = D.build_datasets(DataConfig(name="digits"), aug, 224).val
     assert isinstance(big, D._ArrayImages)

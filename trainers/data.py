@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from trainers.config import DATASETS, AugConfig, ConfigError, DataConfig
 
@@ -184,28 +184,15 @@ class _ArrayImages(Dataset):
         through it once, held as one tensor, when that takes at most EVAL_CACHE_BYTES; each
         epoch's validation then reads the tensors it would have computed (the digits validation
         split went through PIL every epoch, most of a small trial's epoch time)."""
-        first = self.transform(Image.fromarray(self.images[0], mode="L").convert("RGB"))
+        first = self[0][0]
         if len(self) * first.numel() * first.element_size() > EVAL_CACHE_BYTES:
             return self
-        return _Tensors(torch.stack([first] + [self[i][0] for i in range(1, len(self))]),
-                        self.labels)
+        images = torch.stack([first] + [self[i][0] for i in range(1, len(self))])
+        return TensorDataset(images, torch.as_tensor(self.labels, dtype=torch.int64))
 
 
 # Validation images held transformed in memory up to this size (digits at 32 px: 4.4 MB).
 EVAL_CACHE_BYTES = 64 << 20
-
-
-class _Tensors(Dataset):
-    """Images already transformed, (N, C, H, W), with their labels."""
-
-    def __init__(self, images: torch.Tensor, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
 
 
 @functools.lru_cache(maxsize=4)
