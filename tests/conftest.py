@@ -80,11 +80,8 @@ def ray_session():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
 
-    from orchestrator.tune.ray_compat import preloading_workers, trials_on_preloaded_workers
-    from orchestrator.tune.runner import TRIAL_MODULES
+    from orchestrator.tune.runner import init_local_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR", _system_config=preloading_workers(TRIAL_MODULES))
-    trials_on_preloaded_workers()
+    init_local_ray(num_cpus=2)
     yield
     ray.shutdown()

@@ -52,7 +52,7 @@ from orchestrator.tune.trainable import run_trial
 from orchestrator.tune.trial import ReporterWrapper
 from orchestrator.tune.tuner import new_tuner, restored_tuner
 
-__all__ = ["TRIAL_MODULES", "SweepResult", "default_sinks", "run_sweep"]
+__all__ = ["TRIAL_MODULES", "SweepResult", "default_sinks", "init_local_ray", "run_sweep"]
 
 
 @dataclass
@@ -94,18 +94,24 @@ def _quiet_ray() -> None:
 TRIAL_MODULES = ("torch", "timm", "trainers", "orchestrator.tune.trainable")
 
 
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """A Ray of our own on this machine (`num_cpus`: all of its CPUs unless given), whose
+    workers preload TRIAL_MODULES and take the trials: what a sweep without `--address` starts,
+    and the test suite's shared session. "local": even when `ray start` left a cluster on this
+    machine (a bare ray.init() would join that one, which the user did not ask for)."""
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR,
+             _system_config=preloading_workers(TRIAL_MODULES))
+    trials_on_preloaded_workers()
+
+
 def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        # "local": a Ray of our own even when `ray start` left a cluster on this machine (a
-        # bare ray.init() would join that one, which the user did not ask for).
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.ERROR,
-                 _system_config=preloading_workers(TRIAL_MODULES))
-        trials_on_preloaded_workers()
+        init_local_ray()
 
 
 def run_sweep(
