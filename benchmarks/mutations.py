@@ -163,7 +163,7 @@ MUTATIONS: list[Mutation] = [
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
     Mutation("trial-crashes-in-worker", "orchestrator/tune/trainable.py",
-             "    trial = identify(config, configs=configs, sampler=sampler)\n\n    def reporter",
+             "    trial = identify(config, configs=configs)\n\n    def reporter",
              "    raise RuntimeError('mutant')\n\n    def reporter",
              "every trial raises in its Ray worker (shows the workers import the copy)"),
     Mutation("failed-trial-exit-0", "orchestrator/tune/runner.py",

@@ -184,7 +184,7 @@ def run_bare(plan: Any, storage: str) -> dict[str, float]:
     spec = plan.spec
     tuner = tune.Tuner(
         tune.with_resources(
-            tune.with_parameters(run_trial, configs=plan.configs, sampler=plan.sampler),
+            tune.with_parameters(run_trial, configs=plan.configs),
             {"cpu": spec.run.resources_per_trial.cpu}),
         param_space=param_space(plan),
         tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode,

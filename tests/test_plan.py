@@ -317,6 +317,76 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
         trainable.run_trial(point, configs={})
 
 
+def test_a_searched_trial_config_is_resolved_once_on_the_driver(monkeypatch, tmp_path):
+    """A search's samples become TrainConfigs once each, on the driver, as the search algorithm
+    hands Tune its trials (the real Optuna searcher behind Tune's SearchGenerator); the driver's
+    callback (`identify`) and the worker read that config and check nothing again."""
+    import ray.tune
+    from ray.tune.experiment import Experiment
+
+    from orchestrator.plan import model as plan_model
+    from orchestrator.tune import trainable, tuner
+    from orchestrator.tune.trial import RESOLVED_KEY, identify
+
+    raw = {"name": "s", "seeds": [0],
+           "base": {"model": {"backbone": "localvit_micro"},
+                    "data": {"name": "digits", "img_size": 16},
+                    "train": {"epochs": 1, "batch_size": 32, "ema": False, "steps_per_epoch": 2}},
+           "search": {"metric": "val/top1", "mode": "max", "num_samples": 3,
+                      "space": {"train.lr": {"loguniform": [1e-4, 1e-2]},
+                                "model.drop_path": {"uniform": [0.0, 0.2]}},
+                      "algorithm": {"optuna": {"sampler": "tpe", "seed": 0}}}}
+    plan = build_plan(spec_from_dict(raw, source="s.yaml"), source="s.yaml")
+    samples = []
+    real_resolve = plan_model.resolve_sample
+
+    def counted_resolve(base, sample):
+        samples.append(dict(sample))
+        return real_resolve(base, sample)
+
+    monkeypatch.setattr(plan_model, "resolve_sample", counted_resolve)
+    schema = _Counting(TrainConfig.__pydantic_validator__)
+    monkeypatch.setattr(TrainConfig, "__pydantic_validator__", schema)
+
+    # The driver: Tune's calls on the search algorithm, in Tune's order.
+    space = tuner.param_space(plan)
+    search = tuner._search_alg(plan)
+    experiment = Experiment("s", trainable.run_trial, config=space, num_samples=3,
+                            storage_path=str(tmp_path))
+    assert search.set_search_properties("val/top1", "max", space, **experiment.public_spec)
+    search.add_configurations([experiment])
+    trials = list(iter(search.next_trial, None))
+    assert len(trials) == len(samples) == schema.calls == 3     # one resolution per trial
+    for trial, sample in zip(trials, samples, strict=True):
+        cfg = trial.config[RESOLVED_KEY]
+        assert {key: trial.config[key] for key in sample} == sample   # what Optuna proposed
+        assert (cfg.train.lr, cfg.model.drop_path) == (sample["train.lr"],
+                                                        sample["model.drop_path"])
+    # The callback's view of each trial is that config.
+    assert [identify(t.config).config for t in trials] == [t.config[RESOLVED_KEY] for t in trials]
+
+    # The worker trains it as it is.
+    reported = []
+
+    class Recording:
+        def __init__(self, restored=None):
+            assert restored is None
+
+        def report(self, metrics, *, epoch, checkpoint_dir):
+            reported.append(epoch)
+
+    monkeypatch.setattr(trainable, "TuneReporter", Recording)
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)      # outside a Tune session
+    monkeypatch.setattr(trainable, "_trial_resources", lambda: None)
+    trainable.run_trial(trials[0].config)
+    assert reported == [1]
+    assert len(samples) == schema.calls == 3                   # neither side added one
+    # A sampled config that did not come through the driver's search is refused, not resolved.
+    unresolved = {k: v for k, v in trials[0].config.items() if k != RESOLVED_KEY}
+    with pytest.raises(ValueError, match="no resolved TrainConfig"):
+        trainable.run_trial(unresolved)
+
+
 def test_a_backbone_axis_names_its_arms_after_the_backbones():
     axes = {"model.backbone": ["localvit_micro", "pvt_micro", "localvit_pvt_micro"]}
     plan = build_plan(small_spec(axes=axes), source="t.yaml")

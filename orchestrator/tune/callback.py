@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.plan.keys import trial_key
-from orchestrator.plan.model import PlannedTrial, SampleResolver
+from orchestrator.plan.model import PlannedTrial
 from orchestrator.sinks.base import (
     FinishedTrial,
     Sink,
@@ -31,7 +31,7 @@ from orchestrator.sinks.base import (
     is_better,
 )
 from orchestrator.tune.ray_compat import tune_result_keys
-from orchestrator.tune.trial import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify
+from orchestrator.tune.trial import EPOCH_KEY, NODE_KEY, RESTORED_KEY, identify, sampled_values
 from trainers.config import TrainConfig
 
 __all__ = ["SinkCallback"]
@@ -65,7 +65,7 @@ class SinkCallback(Callback):
         self._start_kwargs = dict(start_kwargs)
         self._scheduler = scheduler        # RecordingASHA (shared object) or None
         self._configs: Mapping[str, TrainConfig] = {}
-        self._sampler: SampleResolver | None = None
+        self._search = False
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -94,10 +94,10 @@ class SinkCallback(Callback):
         callback carries the list saved with the experiment: always set it anew)."""
         self._start_kwargs["prior"] = tuple(prior)
 
-    def set_plan(self, configs: Mapping[str, TrainConfig], sampler: SampleResolver | None) -> None:
-        """The plan's trial configs by key and its search sampler, as the workers get them (set
-        by the runner on every run: they are not saved with the experiment)."""
-        self._configs, self._sampler = configs, sampler
+    def set_plan(self, configs: Mapping[str, TrainConfig], *, search: bool) -> None:
+        """The plan's trial configs by key, as the workers get them, and whether it is a search
+        (set by the runner on every run: they are not saved with the experiment)."""
+        self._configs, self._search = configs, search
 
     def attach_scheduler(self, scheduler: Any) -> None:
         """The scheduler whose `stop_reasons` (trial id -> why) mark trials as stopped."""
@@ -106,7 +106,7 @@ class SinkCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Live sinks and per-run state never travel with the pickled experiment.
         state = self.__dict__.copy()
-        for name in ("_scheduler", "_configs", "_sampler", "_sinks", "sink_errors", "outcomes",
+        for name in ("_scheduler", "_configs", "_search", "_sinks", "sink_errors", "outcomes",
                      "_trials", "_key_owner", "_started_at", "_last", "_best", "_epochs",
                      "finished", "interrupted", "_started_ids", "_finished_ids", "_announced"):
             state.pop(name, None)
@@ -115,7 +115,7 @@ class SinkCallback(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._scheduler = None      # the runner attaches the live one and sets the plan
-        self._configs, self._sampler = {}, None
+        self._configs, self._search = {}, False
         self._reset_state()
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class SinkCallback(Callback):
         planned = self._trials.get(trial.trial_id)
         if planned is not None:
             return planned
-        planned = identify(trial.config, configs=self._configs, sampler=self._sampler)
+        planned = identify(trial.config, configs=self._configs)
         owner = self._key_owner.get(planned.key)
         if owner is not None and owner != trial.trial_id:
             # Two searched samples resolved to the same config: keep both, distinctly keyed.
@@ -164,7 +164,7 @@ class SinkCallback(Callback):
         if p.aliases:
             tags["aliases"] = ";".join(p.aliases)
         if "trial" not in trial.config:
-            tags.update({f"sampled.{k}": str(v) for k, v in trial.config.items()})
+            tags.update({f"sampled.{k}": str(v) for k, v in sampled_values(trial.config).items()})
         self._emit("trial_started", TrialInfo(key=p.key, arm=p.arm, seed=p.seed,
                                               config=p.config.to_dict(), backbone=p.backbone,
                                               tags=tags))
@@ -280,7 +280,7 @@ class SinkCallback(Callback):
             t.trial_id not in self._finished_ids
             and (t.trial_id in self._started_ids or t.status not in ("TERMINATED", "ERROR"))
             for t in trials
-        ) or (total is not None and self._sampler is not None and len(trials) < total)
+        ) or (total is not None and self._search and len(trials) < total)
         self.finish(interrupted=self.interrupted)
 
     def finish(self, *, interrupted: bool) -> None:

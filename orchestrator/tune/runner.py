@@ -205,10 +205,9 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
                            num_errors=0)       # every trial had finished: nothing to run
 
     res = spec.run.resources_per_trial
-    configs, sampler = plan.configs, plan.sampler     # the workers' and the callback's, alike
+    configs = plan.configs      # the workers' and the callback's, alike
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, configs=configs, sampler=sampler,
-                             wrap_reporter=wrap_reporter),
+        tune.with_parameters(run_trial, configs=configs, wrap_reporter=wrap_reporter),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     if resume:
@@ -219,7 +218,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
     callback.set_factory_kwargs(tracking_uri=uri)
     # A designed study's own trials only: rows a --rerun-changed superseded are not counted.
     callback.set_prior([f for f in finished_trials(target) if plan.is_search or f.key in configs])
-    callback.set_plan(configs, sampler)
+    callback.set_plan(configs, search=plan.is_search)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
                        outcomes=dict(callback.outcomes), num_errors=num_errors,

@@ -1,14 +1,15 @@
 """The Ray Tune function trainable: a thin adapter from a Tune trial to `trainers.train.train`.
 
-A trial's Tune config is plain data. For a planned design it is `{"trial": {key, arm, seed,
-epochs, aliases}}` (one grid point per arm x seed) and its TrainConfig, validated at planning,
-comes by key from the plan's configs (shipped with `tune.with_parameters`), so the worker trains it
-without checking it again; for a search it is the sampled values by dotted key, which the plan's
-SampleResolver (shipped the same way) turns into the trial's config. `identify` turns either into
-the trial's identity, and the driver's callback uses the same function, so worker and driver agree
-on every key. The trainable sets torch's thread count to the trial's CPUs (reused actors keep the
-previous trial's count otherwise), resumes from Tune's checkpoint when there is one, and reports
-each epoch's metrics with the trainer's checkpoint directory.
+A trial's Tune config is plain data plus, for a search, its resolved config. For a planned design
+it is `{"trial": {key, arm, seed, epochs, aliases}}` (one grid point per arm x seed) and its
+TrainConfig, validated at planning, comes by key from the plan's configs (shipped with
+`tune.with_parameters`); for a search it is the sampled values by dotted key and the TrainConfig
+the driver resolved from them as Tune took the trial. Either way the worker trains it without
+checking it again. `identify` turns either into the trial's identity, and the driver's callback
+uses the same function, so worker and driver agree on every key. The trainable sets torch's
+thread count to the trial's CPUs (reused actors keep the previous trial's count otherwise),
+resumes from Tune's checkpoint when there is one, and reports each epoch's metrics with the
+trainer's checkpoint directory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.plan.model import SampleResolver
 from orchestrator.tune.trial import (
     EPOCH_KEY,
     NODE_KEY,
@@ -79,12 +79,11 @@ def fit_to_resources(cfg: TrainConfig, cpus: int, gpus: float) -> TrainConfig:
 
 
 def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None = None,
-              sampler: SampleResolver | None = None,
               wrap_reporter: ReporterWrapper | None = None) -> None:
     """Tune entry point: train one trial, resuming from Tune's latest checkpoint if any. Its
-    config was validated when the plan was built (a sample's by the sampler): it is not checked
-    again here."""
-    trial = identify(config, configs=configs, sampler=sampler)
+    config was validated on the driver (a design's when the plan was built, a sample's when
+    Tune took the trial): it is not checked again here."""
+    trial = identify(config, configs=configs)
 
     def reporter(restored: str | None = None) -> Any:
         tune_reporter = TuneReporter(restored)

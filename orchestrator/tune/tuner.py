@@ -1,7 +1,9 @@
 """The Ray Tune Tuner of a plan, new or restored, with its searcher, scheduler and callback.
 
 A planned design is one grid over its trials (so every trial key is known before launch); a
-search is Optuna (seeded TPE) or Tune's own variant generator over `search.space`. ASHA, when
+search is Optuna (seeded TPE) or Tune's own variant generator over `search.space`, wrapped so
+that each sample becomes its trial's TrainConfig on the driver, once, as Tune takes the trial
+(`ResolvingSearch`): the callback and the worker read that config and check nothing. ASHA, when
 asked for, counts epochs (`max_t = train.epochs`): per trial, it records why it stops a trial
 (`orchestrator.scheduling.asha`); per arm, the seeds of an arm stop together
 (`orchestrator.scheduling.arm_scheduler`).
@@ -16,9 +18,15 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.search import (
+    BasicVariantGenerator,
+    ConcurrencyLimiter,
+    SearchAlgorithm,
+    SearchGenerator,
+)
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.plan.model import Plan
+from orchestrator.plan.model import Plan, SampleResolver
 from orchestrator.plan.record import resolved_spec
 from orchestrator.scheduling.arm_scheduler import ArmScheduler
 from orchestrator.scheduling.asha import RecordingASHA
@@ -27,9 +35,9 @@ from orchestrator.tune.callback import SinkCallback
 from orchestrator.tune.ray_compat import restored_run_parts
 from orchestrator.tune.state import CheckpointKeeper
 from orchestrator.tune.storage import sweep_dir, tune_experiment_dir, tune_storage
-from orchestrator.tune.trial import EPOCH_KEY
+from orchestrator.tune.trial import EPOCH_KEY, RESOLVED_KEY, sampled_values
 
-__all__ = ["new_tuner", "param_space", "restored_tuner"]
+__all__ = ["ResolvingSearch", "new_tuner", "param_space", "restored_tuner"]
 
 
 def _domain(dom: Any) -> Any:
@@ -53,10 +61,71 @@ def param_space(plan: Plan, skip: frozenset[str] = frozenset()) -> dict[str, Any
     return {"trial": tune.grid_search(points)}
 
 
-def _search_alg(plan: Plan) -> Any:
+class ResolvingSearch(SearchAlgorithm):
+    """A Tune search algorithm that hands on every trial of another one with the trial's
+    TrainConfig added to its config (`RESOLVED_KEY`): the sample applied to the search base and
+    validated by the plan's `SampleResolver`, here on the driver, before the trial's actor gets
+    its config. Everything else is the wrapped search's, its saved state included. A restored
+    trial keeps the config it was saved with."""
+
+    def __init__(self, inner: SearchAlgorithm, resolve: SampleResolver) -> None:
+        self._inner = inner
+        self._resolve = resolve
+
+    def next_trial(self) -> Any:
+        trial = self._inner.next_trial()
+        if trial is not None and RESOLVED_KEY not in trial.config:
+            trial.config[RESOLVED_KEY] = self._resolve(sampled_values(trial.config))
+        return trial
+
+    @property
+    def metric(self) -> Any:
+        return self._inner.metric
+
+    @property
+    def total_samples(self) -> int:
+        return self._inner.total_samples
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return self._inner.set_search_properties(metric, mode, config, **spec)
+
+    def add_configurations(self, experiments: Any) -> None:
+        self._inner.add_configurations(experiments)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        self._inner.on_trial_complete(trial_id, result=result, error=error)
+
+    def is_finished(self) -> bool:
+        return self._inner.is_finished()
+
+    def set_finished(self) -> None:
+        self._inner.set_finished()
+
+    def has_checkpoint(self, dirpath: str) -> bool:
+        return self._inner.has_checkpoint(dirpath)
+
+    def save_to_dir(self, dirpath: str, **kwargs: Any) -> None:
+        self._inner.save_to_dir(dirpath, **kwargs)
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        self._inner.restore_from_dir(dirpath)
+
+
+def _search_alg(plan: Plan) -> ResolvingSearch | None:
+    """The search of a search plan (None for a design), with the concurrency cap applied here:
+    Tune applies `max_concurrent_trials` only to searches it wraps itself."""
+    resolve = plan.sampler
+    if resolve is None:
+        return None
+    n_concurrent = plan.spec.run.max_concurrent or 0
     optuna_spec = plan.spec.search.optuna
     if optuna_spec is None:
-        return None
+        return ResolvingSearch(BasicVariantGenerator(max_concurrent=n_concurrent), resolve)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = plan.spec.search.num_samples
     sampler: optuna.samplers.BaseSampler
@@ -66,7 +135,10 @@ def _search_alg(plan: Plan) -> Any:
                                              n_startup_trials=min(10, max(2, n // 3)))
     else:
         sampler = optuna.samplers.RandomSampler(seed=optuna_spec.seed)
-    return OptunaSearch(sampler=sampler)
+    searcher: Any = OptunaSearch(sampler=sampler)
+    if n_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=n_concurrent)
+    return ResolvingSearch(SearchGenerator(searcher), resolve)
 
 
 def _scheduler(plan: Plan, skip: frozenset[str] = frozenset()) -> Any:
@@ -130,9 +202,10 @@ def new_tuner(plan: Plan, trainable: Any, target: Path,
             metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
             search_alg=_search_alg(plan),
             num_samples=spec.search.num_samples if plan.is_search else 1,
-            # The arm scheduler caps concurrency itself: Tune's cap counts paused trials
-            # and would deadlock a rung waiting for seeds it never started.
-            max_concurrent_trials=(None if spec.asha_unit == "arm"
+            # A search caps concurrency in its search algorithm (_search_alg). The arm
+            # scheduler caps it itself: Tune's cap counts paused trials and would deadlock a
+            # rung waiting for seeds it never started.
+            max_concurrent_trials=(None if plan.is_search or spec.asha_unit == "arm"
                                    else spec.run.max_concurrent),
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
