@@ -188,7 +188,7 @@ class _ArrayImages(Dataset):
         if len(self) * first.numel() * first.element_size() > EVAL_CACHE_BYTES:
             return self
         images = torch.stack([first] + [self[i][0] for i in range(1, len(self))])
-        return TensorDataset(images, torch.as_tensor(self.labels, dtype=torch.int64))
+        return TensorDataset(images, torch.tensor(self.labels, dtype=torch.int64))
 
 
 # Validation images held transformed in memory up to this size (digits at 32 px: 4.4 MB).
