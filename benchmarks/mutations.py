@@ -166,6 +166,9 @@ MUTATIONS: list[Mutation] = [
              "    trial = identify(config, configs=configs)\n\n    def reporter",
              "    raise RuntimeError('mutant')\n\n    def reporter",
              "every trial raises in its Ray worker (shows the workers import the copy)"),
+    Mutation("search-sample-ignored", "orchestrator/tune/tuner.py",
+             "self._resolve(sampled_values(trial.config))", "self._resolve({})",
+             "every searched trial trains the search base, not the values the searcher proposed"),
     Mutation("failed-trial-exit-0", "orchestrator/tune/runner.py",
              "return 1 if (failed or self.num_errors or self.sink_errors or self.interrupted",
              "return 1 if (self.sink_errors or self.interrupted",
@@ -235,6 +238,7 @@ FIRST_FOR = {
     "orchestrator/scheduling/arm_scheduler.py": ("tests/test_arm_scheduler.py",),
     "orchestrator/sinks/parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
     "orchestrator/tune/stages.py": ("tests/test_stages.py",),
+    "orchestrator/tune/tuner.py": ("tests/test_plan.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }
