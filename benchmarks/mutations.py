@@ -159,6 +159,11 @@ MUTATIONS: list[Mutation] = [
              "            if False:\n                self._add_part((0, log[1], log[2])",
              "the log a killed driver left is deleted instead of sealed by the next driver: the "
              "trial ends it held are lost"),
+    Mutation("mlflow-store-built-in-place", "orchestrator/sinks/mlflow.py",
+             "            create_sqlite_store(db)\n",
+             "            db.parent.mkdir(parents=True, exist_ok=True)\n",
+             "a new MLflow store is built at its own path: a driver killed while MLflow migrates "
+             "it leaves a store every later open fails on"),
     Mutation("trial-ignores-tune-checkpoint", "orchestrator/tune/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),

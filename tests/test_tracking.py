@@ -242,3 +242,73 @@ def test_epochs_are_logged_in_batches_on_a_timer_and_before_the_trial_ends(tmp_p
                                                                          (3, 0.8)]
         if name == "at-end":
             assert calls == [3 * 3]            # one batch: 3 epochs x (metric, loss, lr)
+
+
+# Run in a child process: SIGKILL itself the moment MLflow's migration of a new store creates a
+# table copy (`_alembic_tmp_<table>`), i.e. in the middle of building the store, as a driver
+# killed then would be. argv: "mlflow" (open the store as MLflow does) or "ours" (a sweep's
+# MLflow sink starting), then the store's path.
+_KILLED_MID_MIGRATION = """
+import os, signal, sys
+from pathlib import Path
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _kill(conn, cursor, statement, *args):
+    if "CREATE TABLE _alembic_tmp_" in statement:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+how, db = sys.argv[1], Path(sys.argv[2])
+if how == "mlflow":
+    from mlflow import MlflowClient
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+else:
+    from orchestrator.sinks.mlflow import MlflowSink
+    MlflowSink(f"sqlite:///{db}", background=False).start(
+        sweep_name="killed", storage_dir=str(db.parent / "killed"), spec={}, metric="val/top1",
+        mode="max", total_trials=1)
+"""
+
+
+@pytest.mark.system
+def test_a_driver_killed_while_mlflow_builds_its_store_leaves_no_broken_store(tmp_path):
+    """Killed mid-migration, MLflow's own way of creating a store leaves one that every later
+    open fails on; the sink's way leaves no store, and the next driver builds a whole one (and
+    removes the killed driver's copy)."""
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+    from sqlalchemy.exc import OperationalError
+
+    def killed_while_creating(how: str, db: Path) -> None:
+        proc = subprocess.run([sys.executable, "-c", _KILLED_MID_MIGRATION, how, str(db)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+    # The failure the sink avoids, as the installed MLflow has it: the half-migrated store fails
+    # every later open (here on a step the killed driver had applied but not recorded; the
+    # suite once met "table _alembic_tmp_experiments already exists").
+    plain = tmp_path / "plain" / "mlflow.db"
+    plain.parent.mkdir()
+    killed_while_creating("mlflow", plain)
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            MlflowClient(f"sqlite:///{plain}").search_experiments()
+
+    # The sink's store: nothing at the store's path, only the killed driver's copy beside it.
+    storage = tmp_path / "sweeps"
+    db = storage / "mlflow.db"
+    storage.mkdir()
+    killed_while_creating("ours", db)
+    assert not db.exists()
+    assert [p.name.startswith(".mlflow.db.") for p in storage.iterdir()] == [True]
+
+    # The next driver's sink builds a whole store and logs to it.
+    sink = MlflowSink(f"sqlite:///{db}", background=False)
+    sink.start(sweep_name="after-kill", storage_dir=str(storage / "after-kill"), spec={},
+               metric="val/top1", mode="max", total_trials=1)
+    assert MlflowClient(f"sqlite:///{db}").get_experiment_by_name("after-kill") is not None
+    assert db.is_file() and not [p for p in storage.iterdir() if p.name.startswith(".mlflow.db.")]

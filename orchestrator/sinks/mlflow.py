@@ -51,6 +51,7 @@ from orchestrator.sinks.mlflow_store import (
     ARTIFACTS_DIR,
     ROLE_TAG,
     SWEEP_TAG,
+    create_sqlite_store,
     default_tracking_uri,
     quiet_mlflow,
     sqlite_path,
@@ -187,7 +188,7 @@ class MlflowSink:
         assert self.tracking_uri is not None, "start() sets it before queueing this call"
         db = sqlite_path(self.tracking_uri)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            create_sqlite_store(db)
         self._client = client = MlflowClient(tracking_uri=self.tracking_uri)
         self._metric, self._sweep = metric, sweep_name
 

@@ -7,26 +7,22 @@ modules that only need a name or a URI from here do not pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import uuid
 from pathlib import Path
 
 from orchestrator.layout import ARTIFACTS_DIR, DB_FILE
 from orchestrator.sinks import mlflow_view
 from orchestrator.sinks.mlflow_view import browse_url
 
-__all__ = ["ARTIFACTS_DIR", "DB_FILE", "ROLE_TAG", "SWEEP_TAG", "default_tracking_uri",
-           "log_report", "mlflow_ui_command", "quiet_mlflow", "sqlite_path", "sweep_browse_url"]
-
-
-
-
-
+__all__ = ["ARTIFACTS_DIR", "DB_FILE", "ROLE_TAG", "SWEEP_TAG", "create_sqlite_store",
+           "default_tracking_uri", "log_report", "mlflow_ui_command", "quiet_mlflow", "sqlite_path",
+           "sweep_browse_url"]
 
 ROLE_TAG = "sweep_role"        # "parent" | "trial"
-
-
 SWEEP_TAG = "sweep_name"
 
 
@@ -42,6 +38,48 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create the SQLite file of a new MLflow store whole, or not at all; an existing one is
+    left as it is.
+
+    MLflow builds a new store's tables and then migrates them step by step; some steps copy a
+    table into `_alembic_tmp_<table>` and swap it in. A driver killed in between leaves a store
+    that every later open fails on ("table _alembic_tmp_experiments already exists"): the
+    resumed sweep, `sync` and the UI could no longer use it. So the store is built under a
+    temporary name beside it and linked into place once MLflow is done with it. Of two drivers
+    creating it at once, the first link wins and the other's copy is dropped; copies that killed
+    drivers left behind are removed.
+    """
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db.parent.glob(f".{db.name}.*.new"):
+        if not _process_alive(stale.name.split(".")[-3]):
+            stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / ARTIFACTS_DIR).as_uri())
+        store.engine.dispose()
+        with contextlib.suppress(FileExistsError):     # another driver's store got there first
+            os.link(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True                 # not one of ours: leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
