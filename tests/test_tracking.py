@@ -215,7 +215,8 @@ def test_epochs_are_logged_in_batches_on_a_timer_and_before_the_trial_ends(tmp_p
 
     calls = _count_epoch_batches(monkeypatch)
     infos, _, outcomes = scenario()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
     for flush_s, name in ((0.5, "timer"), (3600.0, "at-end")):
         calls.clear()
         sink = MlflowSink(uri, epoch_flush_s=flush_s)
@@ -224,6 +225,12 @@ def test_epochs_are_logged_in_batches_on_a_timer_and_before_the_trial_ends(tmp_p
         sink.trial_started(infos[0])
         for key, epoch, metrics in curve(infos[0].key, 3):
             sink.epoch(key, epoch, metrics)
+        # The sink builds a new store on its own thread and links it into place whole; open it
+        # once it is there (two stores migrating at once in one process trip over alembic's
+        # module-level state).
+        deadline = time.monotonic() + 120
+        while not db.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         client = MlflowClient(uri)
         if name == "timer":
             # The trial has not ended: the timer alone brings its epochs to MLflow.
