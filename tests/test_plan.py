@@ -246,13 +246,33 @@ class _Counting:
         return getattr(self.inner, name)
 
 
+def _worker_outside_tune(monkeypatch) -> list[int]:
+    """The trainable run in this process as a fresh trial (no Tune session, no checkpoint, no
+    trial resources); returns the list each reported epoch is appended to."""
+    import ray.tune
+
+    from orchestrator.tune import trainable
+
+    reported: list[int] = []
+
+    class Recording:
+        def __init__(self, restored=None):
+            assert restored is None                 # a fresh trial: no checkpoint history
+
+        def report(self, metrics, *, epoch, checkpoint_dir):
+            reported.append(epoch)
+
+    monkeypatch.setattr(trainable, "TuneReporter", Recording)
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable, "_trial_resources", lambda: None)
+    return reported
+
+
 def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp_path):
     """The schema and the trainer's checks run once per design point, from the spec to the
     worker: base when the spec is read (the plan starts from that config), every other point at
     planning (shared by the arm's seeds); the worker trains the planned config as it is."""
     import importlib
-
-    import ray.tune
 
     from orchestrator.plan import checks as plan_checks
     from orchestrator.tune import trainable
@@ -295,18 +315,7 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
     assert len(model_checks) == 3
 
     # The worker: the trial's config arrives by key, already checked, and is trained as it is.
-    reported = []
-
-    class Recording:
-        def __init__(self, restored=None):
-            assert restored is None                 # a fresh trial: no checkpoint history
-
-        def report(self, metrics, *, epoch, checkpoint_dir):
-            reported.append(epoch)
-
-    monkeypatch.setattr(trainable, "TuneReporter", Recording)
-    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)      # outside a Tune session
-    monkeypatch.setattr(trainable, "_trial_resources", lambda: None)
+    reported = _worker_outside_tune(monkeypatch)
     trial = plan.trials[-1]
     point = {"trial": {"key": trial.key, "arm": trial.arm, "seed": trial.seed, "epochs": 1,
                        "aliases": list(trial.aliases)}}
@@ -321,7 +330,6 @@ def test_a_searched_trial_config_is_resolved_once_on_the_driver(monkeypatch, tmp
     """A search's samples become TrainConfigs once each, on the driver, as the search algorithm
     hands Tune its trials (the real Optuna searcher behind Tune's SearchGenerator); the driver's
     callback (`identify`) and the worker read that config and check nothing again."""
-    import ray.tune
     from ray.tune.experiment import Experiment
 
     from orchestrator.plan import model as plan_model
@@ -366,18 +374,7 @@ def test_a_searched_trial_config_is_resolved_once_on_the_driver(monkeypatch, tmp
     assert [identify(t.config).config for t in trials] == [t.config[RESOLVED_KEY] for t in trials]
 
     # The worker trains it as it is.
-    reported = []
-
-    class Recording:
-        def __init__(self, restored=None):
-            assert restored is None
-
-        def report(self, metrics, *, epoch, checkpoint_dir):
-            reported.append(epoch)
-
-    monkeypatch.setattr(trainable, "TuneReporter", Recording)
-    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)      # outside a Tune session
-    monkeypatch.setattr(trainable, "_trial_resources", lambda: None)
+    reported = _worker_outside_tune(monkeypatch)
     trainable.run_trial(trials[0].config)
     assert reported == [1]
     assert len(samples) == schema.calls == 3                   # neither side added one
