@@ -164,6 +164,11 @@ MUTATIONS: list[Mutation] = [
              "            db.parent.mkdir(parents=True, exist_ok=True)\n",
              "a new MLflow store is built at its own path: a driver killed while MLflow migrates "
              "it leaves a store every later open fails on"),
+    Mutation("mlflow-template-location-kept", "orchestrator/sinks/mlflow_store.py",
+             "(artifacts, len(_TEMPLATE_ARTIFACTS) + 1, now, now,",
+             "(_TEMPLATE_ARTIFACTS, len(_TEMPLATE_ARTIFACTS) + 1, now, now,",
+             "a store copied from the template keeps the template's artifact folder for its "
+             "default experiment instead of its own"),
     Mutation("trial-ignores-tune-checkpoint", "orchestrator/tune/trainable.py",
              "checkpoint = tune.get_checkpoint()", "checkpoint = None",
              "a restored trial retrains from scratch instead of its Tune checkpoint"),
@@ -244,6 +249,7 @@ FIRST_FOR = {
     "orchestrator/sinks/parted.py": ("tests/test_parted.py", "tests/test_tables.py"),
     "orchestrator/tune/stages.py": ("tests/test_stages.py",),
     "orchestrator/tune/tuner.py": ("tests/test_plan.py",),
+    "orchestrator/sinks/mlflow_store.py": ("tests/test_mlflow_store.py",),
     "orchestrator/": ("tests/test_tables.py", "tests/test_tracking.py", "tests/test_sweep.py",
                       "tests/test_arm_scheduler.py"),
 }

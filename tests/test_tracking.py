@@ -279,10 +279,14 @@ else:
 
 
 @pytest.mark.system
-def test_a_driver_killed_while_mlflow_builds_its_store_leaves_no_broken_store(tmp_path):
+@pytest.mark.parametrize("cache", ["template", "no-cache-folder"])
+def test_a_driver_killed_while_mlflow_builds_its_store_leaves_no_broken_store(tmp_path, cache,
+                                                                                monkeypatch):
     """Killed mid-migration, MLflow's own way of creating a store leaves one that every later
     open fails on; the sink's way leaves no store, and the next driver builds a whole one (and
-    removes the killed driver's copy)."""
+    removes the killed driver's copy). The kill comes while MLflow builds the empty store kept
+    as the template, or, where no cache folder can be had, the store itself."""
+    import os
     import signal
     import subprocess
     import sys
@@ -290,10 +294,23 @@ def test_a_driver_killed_while_mlflow_builds_its_store_leaves_no_broken_store(tm
     from mlflow import MlflowClient
     from sqlalchemy.exc import OperationalError
 
+    from orchestrator.sinks.mlflow_store import CACHE_ENV, store_template
+
+    if cache == "template":
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    else:
+        (tmp_path / "file").write_text("a file where the cache folder would be")
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "cache"))
+    template = store_template()
+
     def killed_while_creating(how: str, db: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", _KILLED_MID_MIGRATION, how, str(db)],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, env=os.environ)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+    def copies(folder: Path, name: str) -> list[Path]:
+        return [p for p in folder.iterdir() if p.name.startswith(f".{name}.")] \
+            if folder.is_dir() else []
 
     # The failure the sink avoids, as the installed MLflow has it: the half-migrated store fails
     # every later open (here on a step the killed driver had applied but not recorded; the
@@ -305,17 +322,20 @@ def test_a_driver_killed_while_mlflow_builds_its_store_leaves_no_broken_store(tm
         with pytest.raises(OperationalError):
             MlflowClient(f"sqlite:///{plain}").search_experiments()
 
-    # The sink's store: nothing at the store's path, only the killed driver's copy beside it.
+    # The sink's store: nothing at the store's path nor at the template's, only the killed
+    # driver's copy beside the one MLflow was building.
     storage = tmp_path / "sweeps"
     db = storage / "mlflow.db"
     storage.mkdir()
     killed_while_creating("ours", db)
-    assert not db.exists()
-    assert [p.name.startswith(".mlflow.db.") for p in storage.iterdir()] == [True]
+    assert not db.exists() and not template.exists()
+    building = (template.parent, template.name) if cache == "template" else (storage, db.name)
+    assert len(copies(*building)) == 1 and len(list(storage.iterdir())) == (cache != "template")
 
     # The next driver's sink builds a whole store and logs to it.
     sink = MlflowSink(f"sqlite:///{db}", background=False)
     sink.start(sweep_name="after-kill", storage_dir=str(storage / "after-kill"), spec={},
                metric="val/top1", mode="max", total_trials=1)
     assert MlflowClient(f"sqlite:///{db}").get_experiment_by_name("after-kill") is not None
-    assert db.is_file() and not [p for p in storage.iterdir() if p.name.startswith(".mlflow.db.")]
+    assert db.is_file() and not copies(storage, db.name) and not copies(*building)
+    assert template.is_file() == (cache == "template")

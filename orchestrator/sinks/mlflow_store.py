@@ -11,6 +11,9 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
+import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -18,12 +21,15 @@ from orchestrator.layout import ARTIFACTS_DIR, DB_FILE
 from orchestrator.sinks import mlflow_view
 from orchestrator.sinks.mlflow_view import browse_url
 
-__all__ = ["ARTIFACTS_DIR", "DB_FILE", "ROLE_TAG", "SWEEP_TAG", "create_sqlite_store",
-           "default_tracking_uri", "log_report", "mlflow_ui_command", "quiet_mlflow", "sqlite_path",
-           "sweep_browse_url"]
+__all__ = ["ARTIFACTS_DIR", "CACHE_ENV", "DB_FILE", "ROLE_TAG", "SWEEP_TAG",
+           "create_sqlite_store", "default_tracking_uri", "log_report", "mlflow_ui_command",
+           "quiet_mlflow", "sqlite_path", "store_template", "sweep_browse_url"]
 
 ROLE_TAG = "sweep_role"        # "parent" | "trial"
 SWEEP_TAG = "sweep_name"
+CACHE_ENV = "LOCALVIT_SWEEPS_CACHE"    # where the empty MLflow store is kept (store_template)
+# The artifact root the template is built with; a copy's default experiment gets its own.
+_TEMPLATE_ARTIFACTS = "file:///localvit-sweeps-template/artifacts"
 
 
 def default_tracking_uri(storage_dir: str | os.PathLike) -> str:
@@ -44,30 +50,96 @@ def create_sqlite_store(db: Path) -> None:
     """Create the SQLite file of a new MLflow store whole, or not at all; an existing one is
     left as it is.
 
-    MLflow builds a new store's tables and then migrates them step by step; some steps copy a
-    table into `_alembic_tmp_<table>` and swap it in. A driver killed in between leaves a store
-    that every later open fails on ("table _alembic_tmp_experiments already exists"): the
-    resumed sweep, `sync` and the UI could no longer use it. So the store is built under a
-    temporary name beside it and linked into place once MLflow is done with it. Of two drivers
+    MLflow builds a new store's tables and then migrates them step by step (about 2 s of CPU);
+    some steps copy a table into `_alembic_tmp_<table>` and swap it in. A driver killed in
+    between leaves a store that every later open fails on ("table _alembic_tmp_experiments
+    already exists"): the resumed sweep, `sync` and the UI could no longer use it. So a store is
+    made under a temporary name beside it and linked into place once it is whole. Of two drivers
     creating it at once, the first link wins and the other's copy is dropped; copies that killed
     drivers left behind are removed.
+
+    The store is a copy of an empty one that MLflow built once for the installed versions of
+    MLflow, alembic and SQLAlchemy (`store_template`), with its default experiment pointed at
+    this store's artifact folder: a copy takes milliseconds. Where no template can be kept (no
+    writable cache folder), MLflow builds the store itself.
     """
     if db.exists():
         return
     db.parent.mkdir(parents=True, exist_ok=True)
-    for stale in db.parent.glob(f".{db.name}.*.new"):
-        if not _process_alive(stale.name.split(".")[-3]):
-            stale.unlink(missing_ok=True)
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
+    _remove_stale_copies(db)
+    tmp = _temporary_name(db)
+    artifacts = (db.parent / ARTIFACTS_DIR).as_uri()
     try:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / ARTIFACTS_DIR).as_uri())
-        store.engine.dispose()
+        if not _copy_template(tmp, artifacts):
+            _build_store(tmp, artifacts)
         with contextlib.suppress(FileExistsError):     # another driver's store got there first
             os.link(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def store_template() -> Path:
+    """Where the empty MLflow store of the installed versions is kept: `$LOCALVIT_SWEEPS_CACHE`
+    if set, else `$XDG_CACHE_HOME/localvit-sweeps` (`~/.cache/localvit-sweeps`). A new version
+    of any of the three packages gets a new file; remove the folder to drop old ones."""
+    from importlib.metadata import version
+
+    folder = os.environ.get(CACHE_ENV) or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localvit-sweeps"
+    versions = "-".join(f"{name}{version(name)}" for name in ("mlflow", "alembic", "sqlalchemy"))
+    return Path(folder) / f"empty-store-{versions}.db"
+
+
+
+def _copy_template(dest: Path, artifacts: str) -> bool:
+    """Copy the template to `dest` (built first if missing) and point its default experiment at
+    `artifacts`. False, with nothing at `dest`, when no template can be kept or read."""
+    template = store_template()
+    try:
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_copies(template)
+            tmp = _temporary_name(template)
+            try:
+                _build_store(tmp, _TEMPLATE_ARTIFACTS)
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, template)
+            finally:
+                tmp.unlink(missing_ok=True)
+        shutil.copyfile(template, dest)
+        now = int(time.time() * 1000)
+        with contextlib.closing(sqlite3.connect(dest)) as conn, conn:
+            moved = conn.execute(
+                "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?),"
+                " creation_time = ?, last_update_time = ?"
+                " WHERE experiment_id = 0 AND substr(artifact_location, 1, ?) = ?",
+                (artifacts, len(_TEMPLATE_ARTIFACTS) + 1, now, now, len(_TEMPLATE_ARTIFACTS),
+                 _TEMPLATE_ARTIFACTS)).rowcount
+        if moved != 1:
+            raise sqlite3.DatabaseError(f"{template} is not an empty store built here")
+    except (OSError, sqlite3.Error) as err:
+        dest.unlink(missing_ok=True)
+        if isinstance(err, sqlite3.Error):          # a damaged template: the next one rebuilds
+            template.unlink(missing_ok=True)
+        logging.getLogger(__name__).info("MLflow store built without the template: %s", err)
+        return False
+    return True
+
+
+def _build_store(path: Path, artifacts: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(f"sqlite:///{path}", artifacts).engine.dispose()
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+
+
+def _remove_stale_copies(path: Path) -> None:
+    for stale in path.parent.glob(f".{path.name}.*.new"):
+        if not _process_alive(stale.name.split(".")[-3]):
+            stale.unlink(missing_ok=True)
 
 
 def _process_alive(pid: str) -> bool:
