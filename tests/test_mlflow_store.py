@@ -4,6 +4,7 @@ there at all."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,10 +19,26 @@ from orchestrator.sinks.mlflow_store import (
 )
 
 
+@pytest.fixture(scope="module")
+def built_template(tmp_path_factory):
+    """The first store made with an empty cache folder, and the template it left there (built
+    once for the module: MLflow's build takes about 2 s)."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        assert not store_template().exists()
+        first = tmp_path_factory.mktemp("first") / "mlflow.db"
+        create_sqlite_store(first)
+        return store_template(), first
+
+
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(tmp_path, monkeypatch, built_template):
+    """A cache folder of the test's own, holding a copy of the module's template."""
     folder = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(folder))
+    folder.mkdir()
+    shutil.copyfile(built_template[0], store_template())
     return folder
 
 
@@ -41,21 +58,26 @@ def _contents(db: Path):
     return schema, rows, experiments
 
 
+def test_a_new_store_is_built_as_the_template_when_there_is_none(built_template):
+    template, db = built_template
+    assert template.is_file() and db.is_file()
+    assert _contents(db)[2][0][2] == (db.parent / ARTIFACTS_DIR / "0").as_uri()
+    assert [p.name for p in template.parent.iterdir()] == [template.name]
+    assert [p.name for p in db.parent.iterdir()] == ["mlflow.db"]
+
+
 def test_a_store_from_the_template_is_the_store_mlflow_builds_there(tmp_path, cache):
     from mlflow import MlflowClient
 
-    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
-    create_sqlite_store(first)                  # builds the template, then copies it
-    assert store_template().is_file() and store_template().parent == cache
-    create_sqlite_store(second)
-    built = tmp_path / "b" / "built.db"         # what MLflow itself makes for the second store
-    mlflow_store._build_store(built, (second.parent / ARTIFACTS_DIR).as_uri())
-    assert _contents(second) == _contents(built)
-    assert _contents(second)[2] == [(0, "Default", (second.parent / ARTIFACTS_DIR / "0").as_uri(),
-                                     "active", "default")]
-    assert _contents(first)[2][0][2] == (first.parent / ARTIFACTS_DIR / "0").as_uri()
+    db = tmp_path / "s" / "mlflow.db"
+    create_sqlite_store(db)
+    built = tmp_path / "s" / "built.db"         # what MLflow itself makes for this store
+    mlflow_store._build_store(built, (db.parent / ARTIFACTS_DIR).as_uri())
+    assert _contents(db) == _contents(built)
+    assert _contents(db)[2] == [(0, "Default", (db.parent / ARTIFACTS_DIR / "0").as_uri(),
+                                 "active", "default")]
 
-    client = MlflowClient(f"sqlite:///{second}")
+    client = MlflowClient(f"sqlite:///{db}")
     run = client.create_run(client.create_experiment("x", artifact_location="file:///tmp/x"))
     client.log_metric(run.info.run_id, "val/top1", 0.5)
     assert client.get_run(run.info.run_id).data.metrics == {"val/top1": 0.5}
@@ -63,32 +85,35 @@ def test_a_store_from_the_template_is_the_store_mlflow_builds_there(tmp_path, ca
 
 
 def test_with_the_template_kept_mlflow_builds_nothing(tmp_path, cache, monkeypatch):
-    create_sqlite_store(tmp_path / "first" / "mlflow.db")
-
     def no_build(path, artifacts):
         raise AssertionError("MLflow built a store although the template was there")
 
     monkeypatch.setattr(mlflow_store, "_build_store", no_build)
-    db = tmp_path / "second" / "mlflow.db"
-    create_sqlite_store(db)
-    assert db.is_file() and [p.name for p in db.parent.iterdir()] == ["mlflow.db"]
+    for name in ("a", "b"):
+        db = tmp_path / name / "mlflow.db"
+        create_sqlite_store(db)
+        assert _contents(db)[2][0][2] == (db.parent / ARTIFACTS_DIR / "0").as_uri()
+        assert [p.name for p in db.parent.iterdir()] == ["mlflow.db"]
 
 
 @pytest.mark.parametrize("damage", ["not-sqlite", "other-store"])
-def test_a_damaged_template_is_not_copied_and_the_next_one_is_rebuilt(tmp_path, cache, damage):
+def test_a_damaged_template_is_built_again(tmp_path, cache, damage, monkeypatch):
     template = store_template()
-    template.parent.mkdir(parents=True)
     if damage == "not-sqlite":
         template.write_bytes(b"this is not a database" * 100)
-    else:                                       # a store, but not one built as a template
-        mlflow_store._build_store(template, (tmp_path / "elsewhere").as_uri())
+    else:                                       # a store, but one already pointed elsewhere
+        mlflow_store._point_default_experiment(template, (tmp_path / "elsewhere").as_uri())
+    builds = []
+    build = mlflow_store._build_store
+    monkeypatch.setattr(mlflow_store, "_build_store",
+                        lambda path, artifacts: builds.append(artifacts) or build(path, artifacts))
     db = tmp_path / "s" / "mlflow.db"
     create_sqlite_store(db)
+    assert builds == [mlflow_store._TEMPLATE_ARTIFACTS]     # the template, once
     assert _contents(db)[2][0][2] == (db.parent / ARTIFACTS_DIR / "0").as_uri()
-    assert not template.exists()                # dropped: the next store builds a good one
-    create_sqlite_store(tmp_path / "t" / "mlflow.db")
-    assert template.is_file()
     assert [p.name for p in db.parent.iterdir()] == ["mlflow.db"]
+    create_sqlite_store(tmp_path / "t" / "mlflow.db")
+    assert len(builds) == 1
 
 
 def test_without_a_writable_cache_mlflow_builds_the_store_in_place(tmp_path, monkeypatch):

@@ -93,37 +93,46 @@ def store_template() -> Path:
 
 def _copy_template(dest: Path, artifacts: str) -> bool:
     """Copy the template to `dest` (built first if missing) and point its default experiment at
-    `artifacts`. False, with nothing at `dest`, when no template can be kept or read."""
+    `artifacts`. A damaged template is replaced once. False, with nothing at `dest`, when no
+    template can be kept or read."""
     template = store_template()
-    try:
-        if not template.exists():
-            template.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_copies(template)
-            tmp = _temporary_name(template)
-            try:
-                _build_store(tmp, _TEMPLATE_ARTIFACTS)
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, template)
-            finally:
-                tmp.unlink(missing_ok=True)
-        shutil.copyfile(template, dest)
-        now = int(time.time() * 1000)
-        with contextlib.closing(sqlite3.connect(dest)) as conn, conn:
-            moved = conn.execute(
-                "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?),"
-                " creation_time = ?, last_update_time = ?"
-                " WHERE experiment_id = 0 AND substr(artifact_location, 1, ?) = ?",
-                (artifacts, len(_TEMPLATE_ARTIFACTS) + 1, now, now, len(_TEMPLATE_ARTIFACTS),
-                 _TEMPLATE_ARTIFACTS)).rowcount
-        if moved != 1:
-            raise sqlite3.DatabaseError(f"{template} is not an empty store built here")
-    except (OSError, sqlite3.Error) as err:
-        dest.unlink(missing_ok=True)
-        if isinstance(err, sqlite3.Error):          # a damaged template: the next one rebuilds
-            template.unlink(missing_ok=True)
-        logging.getLogger(__name__).info("MLflow store built without the template: %s", err)
-        return False
-    return True
+    for attempt in (1, 2):
+        try:
+            if not template.exists():
+                template.parent.mkdir(parents=True, exist_ok=True)
+                _remove_stale_copies(template)
+                tmp = _temporary_name(template)
+                try:
+                    _build_store(tmp, _TEMPLATE_ARTIFACTS)
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, template)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            shutil.copyfile(template, dest)
+            _point_default_experiment(dest, artifacts)
+            return True
+        except (OSError, sqlite3.Error) as err:
+            dest.unlink(missing_ok=True)
+            if isinstance(err, sqlite3.Error):      # a damaged template: build it again
+                template.unlink(missing_ok=True)
+                if attempt == 1:
+                    continue
+            logging.getLogger(__name__).info("MLflow store built without the template: %s", err)
+            return False
+    return False
+
+
+def _point_default_experiment(db: Path, artifacts: str) -> None:
+    now = int(time.time() * 1000)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        moved = conn.execute(
+            "UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?),"
+            " creation_time = ?, last_update_time = ?"
+            " WHERE experiment_id = 0 AND substr(artifact_location, 1, ?) = ?",
+            (artifacts, len(_TEMPLATE_ARTIFACTS) + 1, now, now, len(_TEMPLATE_ARTIFACTS),
+             _TEMPLATE_ARTIFACTS)).rowcount
+    if moved != 1:
+        raise sqlite3.DatabaseError(f"{db} is not a copy of an empty store built as a template")
 
 
 def _build_store(path: Path, artifacts: str) -> None:
