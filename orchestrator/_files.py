@@ -1,6 +1,7 @@
 """Files of a sweep: atomic writes (what the sweep writes is either the old file or the new one,
-never half, after a killed driver or a full disk) and storage locations that are folders or URIs
-(`s3://...`), opened the way Ray Tune opens them."""
+never half, after a killed driver or a full disk), storage locations that are folders or URIs
+(`s3://...`), opened the way Ray Tune opens them, and whether the process that left a file
+behind is still alive."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.fs as pafs
 
 from trainers._atomic import atomic_write
 
-__all__ = ["atomic_write_bytes", "filesystem", "is_uri"]
+__all__ = ["atomic_write_bytes", "filesystem", "is_uri", "process_alive"]
 
 
 def is_uri(location: str) -> bool:
@@ -29,3 +30,14 @@ def filesystem(location: str) -> tuple[Any, str]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the new one, never half."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -326,6 +326,45 @@ def test_each_trial_config_is_validated_once_from_yaml_to_model(monkeypatch, tmp
         trainable.run_trial(point, configs={})
 
 
+def test_a_trial_removes_its_folder_and_those_of_dead_workers(monkeypatch, tmp_path):
+    """A trial's checkpoints go to its own temporary folder, removed when it ends; a worker
+    killed with its driver or node cannot remove its own, so the next trial on that machine
+    removes the folders of worker processes that are gone, and nothing else."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from orchestrator.tune import trainable
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = {name: tmp_path / name for name in (
+        f"trial-0972b7dbdb23-{gone}-k7rsqkb1",        # a killed worker's: removed
+        f"trial-0972b7dbdb23-{os.getppid()}-abc_12",  # a live process's: kept
+        "trial-0972b7dbdb23-lhi6ubny",                # no pid in the name: kept
+        "trial-notes")}                               # not a trial's: kept
+    for folder in left.values():
+        (folder / "checkpoint").mkdir(parents=True)
+
+    spec = small_spec(base={"model": {"backbone": "vit_micro"},
+                            "data": {"name": "digits", "img_size": 16},
+                            "train": {"epochs": 1, "batch_size": 32, "ema": False,
+                                      "steps_per_epoch": 2}})
+    plan = build_plan(spec, source="t.yaml")
+    reported = _worker_outside_tune(monkeypatch)
+    trial = plan.trials[0]
+    trainable.run_trial({"trial": {"key": trial.key, "arm": trial.arm, "seed": trial.seed,
+                                   "epochs": 1, "aliases": list(trial.aliases)}},
+                        configs=plan.configs)
+    assert reported == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(list(left)[1:])
+
+    folder = trainable._trial_folder(trial.key)
+    assert folder.parent == tmp_path and folder.name.startswith(f"trial-{trial.key}-{os.getpid()}-")
+
+
 def test_a_searched_trial_config_is_resolved_once_on_the_driver(monkeypatch, tmp_path):
     """A search's samples become TrainConfigs once each, on the driver, as the search algorithm
     hands Tune its trials (the real Optuna searcher behind Tune's SearchGenerator); the driver's

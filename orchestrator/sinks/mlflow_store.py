@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from orchestrator._files import process_alive
 from orchestrator.layout import ARTIFACTS_DIR, DB_FILE
 from orchestrator.sinks import mlflow_view
 from orchestrator.sinks.mlflow_view import browse_url
@@ -147,20 +148,9 @@ def _temporary_name(path: Path) -> Path:
 
 def _remove_stale_copies(path: Path) -> None:
     for stale in path.parent.glob(f".{path.name}.*.new"):
-        if not _process_alive(stale.name.split(".")[-3]):
+        pid = stale.name.split(".")[-3]         # no number there: not one of ours, kept
+        if pid.isdigit() and not process_alive(int(pid)):
             stale.unlink(missing_ok=True)
-
-
-def _process_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return True                 # not one of ours: leave it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:

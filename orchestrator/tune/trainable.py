@@ -14,6 +14,8 @@ trainer's checkpoint directory.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -24,6 +26,7 @@ import ray
 import torch
 from ray import tune
 
+from orchestrator._files import process_alive
 from orchestrator.tune.trial import (
     EPOCH_KEY,
     NODE_KEY,
@@ -95,7 +98,7 @@ def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None 
         torch.set_num_threads(given[0])
         cfg = fit_to_resources(cfg, *given)
     checkpoint = tune.get_checkpoint()
-    out_dir = Path(tempfile.mkdtemp(prefix=f"trial-{trial.key}-"))
+    out_dir = _trial_folder(trial.key)
     try:
         if checkpoint is None:
             train(cfg, reporter(), out_dir=out_dir, checked=True)
@@ -108,3 +111,19 @@ def run_trial(config: dict[str, Any], configs: Mapping[str, TrainConfig] | None 
     finally:
         # Tune has copied every reported checkpoint into the sweep's storage already.
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+# A trial's own folder: tempdir/trial-<key>-<worker pid>-<random>.
+_TRIAL_FOLDER = re.compile(r"trial-[0-9a-f]+-(\d+)-[a-z0-9_]+")
+
+
+def _trial_folder(key: str) -> Path:
+    """A new folder for a trial's own files (each checkpoint, until Tune has copied it). A trial
+    removes its folder when it ends, but a worker killed with its driver, its node or its actor
+    cannot: the folders of worker processes no longer alive are removed first, so a machine that
+    runs sweep after sweep does not fill its temporary folder with checkpoints."""
+    for folder in Path(tempfile.gettempdir()).glob("trial-*"):
+        match = _TRIAL_FOLDER.fullmatch(folder.name)
+        if match and not process_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"trial-{key}-{os.getpid()}-"))
