@@ -50,7 +50,7 @@ from orchestrator.tune.storage import (
 )
 from orchestrator.tune.trainable import run_trial
 from orchestrator.tune.trial import ReporterWrapper
-from orchestrator.tune.tuner import new_tuner, restored_tuner
+from orchestrator.tune.tuner import new_tuner, restored_tuner, sink_callback
 
 __all__ = ["TRIAL_MODULES", "SweepResult", "default_sinks", "init_local_ray", "run_sweep"]
 
@@ -201,8 +201,17 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
     storage_root = Path(spec.run.storage).expanduser().resolve()
     uri = tracking_uri or default_tracking_uri(storage_root)
     if skip and all(t.key in skip for t in plan.trials):
+        # Every trial had finished: nothing to run. The sinks still open and close, as at the
+        # end of a sweep, for an earlier driver may have ended before they could (its disk
+        # full): the Parquet tables' own files then lack rows their parts hold, and MLflow's
+        # sweep run is not closed.
+        callback = sink_callback(plan, target, sink_factory, uri)
+        callback.set_prior([f for f in finished_trials(target)
+                            if plan.is_search or f.key in plan.configs])
+        callback.setup()
+        callback.finish(interrupted=False)
         return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri, outcomes={},
-                           num_errors=0)       # every trial had finished: nothing to run
+                           num_errors=0, sink_errors=list(callback.sink_errors))
 
     res = spec.run.resources_per_trial
     configs = plan.configs      # the workers' and the callback's, alike

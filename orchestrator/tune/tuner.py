@@ -182,19 +182,26 @@ def restored_tuner(plan: Plan, trainable: Any) -> tuple[Any, SinkCallback]:
     return tuner, callback
 
 
-def new_tuner(plan: Plan, trainable: Any, target: Path,
-               sink_factory: Callable[..., Sequence[Sink]], uri: str,
-               skip: frozenset[str]) -> tuple[Any, SinkCallback]:
-    """A Tuner for the plan's trials (those not in `skip`) and the callback feeding the sinks."""
+def sink_callback(plan: Plan, target: Path, sink_factory: Callable[..., Sequence[Sink]],
+                  uri: str, scheduler: Any = None) -> SinkCallback:
+    """The callback that feeds the plan's sweep to the sinks built by `sink_factory`."""
     spec = plan.spec
-    scheduler = _scheduler(plan, skip)
-    callback = SinkCallback(
+    return SinkCallback(
         sink_factory=sink_factory, factory_kwargs={"tracking_uri": uri},
         start_kwargs={"sweep_name": spec.name, "storage_dir": str(target),
                       "spec": resolved_spec(plan), "metric": spec.search.metric,
                       "mode": spec.search.mode, "total_trials": plan.num_trials},
         scheduler=scheduler,
     )
+
+
+def new_tuner(plan: Plan, trainable: Any, target: Path,
+               sink_factory: Callable[..., Sequence[Sink]], uri: str,
+               skip: frozenset[str]) -> tuple[Any, SinkCallback]:
+    """A Tuner for the plan's trials (those not in `skip`) and the callback feeding the sinks."""
+    spec = plan.spec
+    scheduler = _scheduler(plan, skip)
+    callback = sink_callback(plan, target, sink_factory, uri, scheduler=scheduler)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(plan, skip),
