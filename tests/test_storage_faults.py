@@ -97,13 +97,15 @@ def _start(small_disk: Path, tmp_path: Path, fault: str | None = None):
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("point", ["mid-trial", "trial-end", "state-save"])
+@pytest.mark.parametrize("point", ["mid-trial", "trial-end", "state-save", "final-save"])
 def test_a_disk_full_at_each_point_of_tunes_work_says_so_and_resumes(small_disk, tmp_path,
                                                                      point):
     # Filled from inside the driver at that point of Tune's work (tests/tune_faults.py), not
     # after a delay: while a trial writes its checkpoints (before any trial ends), once the first
-    # trial's rows are written, and while Tune copies its experiment state into the storage
-    # (which leaves its files cut short).
+    # trial's rows are written, while Tune copies its experiment state into the storage
+    # (which leaves its files cut short), and at Tune's last state save, where the sinks' last
+    # writes fail too: the resume then has no trial left to run, and still brings the tables'
+    # own files (what pandas reads) up to date.
     proc, log, args = _start(small_disk, tmp_path, fault=f"fill:{point}:{small_disk}")
     _check_the_stop_and_resume(proc, log, small_disk, tmp_path, args, point)
 

@@ -7,8 +7,11 @@ FAULT is one of:
 - `fill:mid-trial:DIR`: fill the disk mounted at DIR when a trial reports its second epoch
   (before any trial ends; its third checkpoint is then written to a full disk);
 - `fill:trial-end:DIR`: once the first trial has ended and its rows are written;
-- `fill:state-save:DIR`: while Tune saves its experiment state, once a trial has a checkpoint,
-  leaving a few KiB so that Tune's copy into the storage is cut short;
+- `fill:state-save:DIR`: while Tune saves its experiment state, once a trial has a checkpoint
+  (a save is made then), leaving a few KiB so that Tune's copy into the storage is cut short
+  (that copy is waited for, so nothing the driver does in between frees space);
+- `fill:final-save:DIR`: the same at Tune's last state save, once every trial has ended (the
+  sinks' own last writes then meet the full disk);
 - `kill:after-prune`: Tune saves its state once the first trial registered its first checkpoint
   and not again (its state period is set to an hour); the checkpoint keeper prunes after every
   step; once a trial registered its third checkpoint and the keeper pruned, the driver SIGKILLs
@@ -28,11 +31,11 @@ from typing import Any
 
 
 def fill(folder: Path, leave: int = 0) -> None:
-    """Write zeros into `folder` until it is full (less `leave` bytes); only inside a mount point
-    of the test's own."""
+    """Write zeros into `folder` (appended to its filler file) until it is full (less `leave`
+    bytes); only inside a mount point of the test's own."""
     assert os.path.ismount(folder), f"{folder} is not the test's own mount"
     size = 1 << 20
-    with open(folder / "filler", "wb", buffering=0) as f:
+    with open(folder / "filler", "ab", buffering=0) as f:
         while size >= 512:
             try:
                 f.write(b"\0" * size)
@@ -72,6 +75,14 @@ def install(fault: str) -> None:
     if kind == "fill":
         point, _, folder = rest.partition(":")
         mount = Path(folder)
+
+        # A full disk stays full: the space the checkpoint keeper frees once the disk has
+        # filled is taken again on the spot (as another writer on a full disk would), so no
+        # later write of the sweep fits into it by the luck of when the keeper ran.
+        def refill(self: Any, _r: Any, *args: Any, **kwargs: Any) -> None:
+            if "fill" in done:
+                fill(mount, leave=4096 if point.endswith("-save") else 0)
+        _wrap(CheckpointKeeper, "prune", refill)
         if point == "trial-end":
             _wrap(SinkCallback, "on_trial_complete",
                   lambda self, _r, *a, **k: once("fill") and fill(mount))
@@ -81,12 +92,42 @@ def install(fault: str) -> None:
                 if result.get("epoch") == 2 and once("fill"):
                     fill(mount)
             _wrap(SinkCallback, "on_trial_result", at_epoch_two)
-        elif point == "state-save":
+        elif point in ("state-save", "final-save"):
             original = TuneController.save_to_dir
 
+            def due(trials: list[Any]) -> bool:
+                if point == "final-save":
+                    return all(t.status in ("TERMINATED", "ERROR") for t in trials)
+                return any(t.checkpoint is not None for t in trials)
+
+            if point == "state-save":
+                # Tune saves its state every 10 s or more: a short sweep may have ended before
+                # it saves once with a checkpoint. Its next save (at the end of this step of its
+                # loop) is forced once a trial has its first, the way Tune forces one itself
+                # when it keeps a fixed number of checkpoints.
+                def save_at_first(self: Any, _r: Any, trial: Any, *a: Any, **k: Any) -> None:
+                    if trial.checkpoint is not None and once("forced"):
+                        self._checkpoint_manager._should_force_sync_up = True
+                _wrap(TuneController, "_process_trial_save", save_at_first)
+
             def save_then_fill(self: Any) -> None:
-                if any(t.checkpoint is not None for t in self.get_trials()) and once("fill"):
+                if due(self.get_trials()) and once("fill"):
+                    # Tune copies the saved state into the storage in a background thread, after
+                    # this returns. Left alone, this thread could free space before that copy
+                    # (the checkpoint keeper prunes on it; under load it once did, and the copy
+                    # then fit): so no copy is running when the disk fills, and the one of this
+                    # state is waited for as soon as it starts, while the disk is still full.
+                    syncer = self._storage.syncer
+                    syncer.wait()
                     fill(mount, leave=4096)
+                    launch = syncer.sync_up
+
+                    def launch_and_wait(*args: Any, **kwargs: Any) -> bool:
+                        syncer.sync_up = launch
+                        launched = launch(*args, **kwargs)
+                        syncer.wait()
+                        return launched
+                    syncer.sync_up = launch_and_wait
                 original(self)
             TuneController.save_to_dir = save_then_fill  # type: ignore[method-assign]
         else:
