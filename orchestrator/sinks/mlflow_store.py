@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator._files import process_alive
@@ -66,17 +67,12 @@ def create_sqlite_store(db: Path) -> None:
     """
     if db.exists():
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_copies(db)
-    tmp = _temporary_name(db)
     artifacts = (db.parent / ARTIFACTS_DIR).as_uri()
-    try:
+
+    def make(tmp: Path) -> None:
         if not _copy_template(tmp, artifacts):
             _build_store(tmp, artifacts)
-        with contextlib.suppress(FileExistsError):     # another driver's store got there first
-            os.link(tmp, db)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _link_whole(db, make)
 
 
 def store_template() -> Path:
@@ -91,7 +87,6 @@ def store_template() -> Path:
     return Path(folder) / f"empty-store-{versions}.db"
 
 
-
 def _copy_template(dest: Path, artifacts: str) -> bool:
     """Copy the template to `dest` (built first if missing) and point its default experiment at
     `artifacts`. A damaged template is replaced once. False, with nothing at `dest`, when no
@@ -100,15 +95,7 @@ def _copy_template(dest: Path, artifacts: str) -> bool:
     for attempt in (1, 2):
         try:
             if not template.exists():
-                template.parent.mkdir(parents=True, exist_ok=True)
-                _remove_stale_copies(template)
-                tmp = _temporary_name(template)
-                try:
-                    _build_store(tmp, _TEMPLATE_ARTIFACTS)
-                    with contextlib.suppress(FileExistsError):
-                        os.link(tmp, template)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                _link_whole(template, lambda tmp: _build_store(tmp, _TEMPLATE_ARTIFACTS))
             shutil.copyfile(template, dest)
             _point_default_experiment(dest, artifacts)
             return True
@@ -142,8 +129,19 @@ def _build_store(path: Path, artifacts: str) -> None:
     SqlAlchemyStore(f"sqlite:///{path}", artifacts).engine.dispose()
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+def _link_whole(path: Path, make: Callable[[Path], None]) -> None:
+    """Make `path` with `make(tmp)` under a temporary name beside it, then link it into place.
+    Of two processes making it at once, the first link wins and the other's copy is dropped;
+    copies that killed processes left behind are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_copies(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        make(tmp)
+        with contextlib.suppress(FileExistsError):     # another process's copy got there first
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove_stale_copies(path: Path) -> None:

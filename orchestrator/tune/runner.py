@@ -200,14 +200,15 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
     spec = plan.spec
     storage_root = Path(spec.run.storage).expanduser().resolve()
     uri = tracking_uri or default_tracking_uri(storage_root)
+    # A designed study's own trials only: rows a --rerun-changed superseded are not counted.
+    prior = [f for f in finished_trials(target) if plan.is_search or f.key in plan.configs]
     if skip and all(t.key in skip for t in plan.trials):
         # Every trial had finished: nothing to run. The sinks still open and close, as at the
         # end of a sweep, for an earlier driver may have ended before they could (its disk
         # full): the Parquet tables' own files then lack rows their parts hold, and MLflow's
         # sweep run is not closed.
         callback = sink_callback(plan, target, sink_factory, uri)
-        callback.set_prior([f for f in finished_trials(target)
-                            if plan.is_search or f.key in plan.configs])
+        callback.set_prior(prior)
         callback.setup()
         callback.finish(interrupted=False)
         return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri, outcomes={},
@@ -225,8 +226,7 @@ def _run_locked(plan: Plan, target: Path, *, resume: bool,
         tuner, callback = new_tuner(plan, trainable, target, sink_factory, uri, skip)
     # Restored, it would log to the store saved with the experiment; log where MLflow is now.
     callback.set_factory_kwargs(tracking_uri=uri)
-    # A designed study's own trials only: rows a --rerun-changed superseded are not counted.
-    callback.set_prior([f for f in finished_trials(target) if plan.is_search or f.key in configs])
+    callback.set_prior(prior)
     callback.set_plan(configs, search=plan.is_search)
     interrupted, num_errors, tune_error = _fit(tuner, callback)
     return SweepResult(name=spec.name, storage_dir=target, tracking_uri=uri,
