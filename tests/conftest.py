@@ -47,7 +47,11 @@ SPLIT_FILES = {"test_cluster.py", "test_signals.py", "test_storage_faults.py"}
 LONGEST_FIRST = ["test_sweep.py", "test_arm_scheduler.py", "test_grow.py", "test_sweep_rule.py",
                  "test_storage_faults.py",
                  "test_cluster.py", "test_signals.py", "test_faults.py", "test_gpu_check.py",
-                 "test_ray_compat.py", "test_sync.py", "test_train.py", "test_mlflow_ui.py"]
+                 "test_ray_compat.py", "test_sync.py", "test_train.py", "test_mlflow_ui.py",
+                 # then the fast tier's longest files (-m "not system" runs only these)
+                 "test_timm_models.py", "test_profile.py", "test_models.py", "test_dry_run.py",
+                 "test_registry.py", "test_report_seed_rule.py", "test_mlflow_store.py",
+                 "test_questions.py", "test_report.py"]
 
 
 def _rank(item) -> int:
