@@ -12,7 +12,6 @@ from orchestrator.plan.estimate import estimate_plan
 from orchestrator.spec import spec_from_dict
 from trainers import profile
 
-
 # The whole-model trace of each distinct model (and image size), shared by the cases: one model
 # traces to the same count whichever plan it is in.
 _TRACED: dict[str, float] = {}
