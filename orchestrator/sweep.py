@@ -27,7 +27,6 @@ from orchestrator.errors import SweepError
 from orchestrator.plan.design import build_plan
 from orchestrator.plan.estimate import estimate_plan
 from orchestrator.plan.naming import format_overrides
-from orchestrator.report.writer import ReportError, verdict_table, write_report
 from orchestrator.scheduling.decisions import milestones
 from orchestrator.sinks.mlflow_store import log_report, mlflow_ui_command, sweep_browse_url
 from orchestrator.sinks.parquet import TRIALS_FILE, table_exists
@@ -247,6 +246,10 @@ def _print_summary(plan, result, spec_path, console, err) -> None:
     if result.tune_error:
         err.print(f"Ray Tune stopped with an error: {result.tune_error}", markup=False,
                   soft_wrap=True)
+    # The report's plotting and statistics (seconds to import) only now: a killed or refused
+    # driver never needs them.
+    from orchestrator.report.writer import ReportError, verdict_table, write_report
+
     report = None
     try:
         report = write_report(result.storage_dir)

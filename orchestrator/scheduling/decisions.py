@@ -37,7 +37,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
 
 from orchestrator._files import atomic_write_bytes
 from orchestrator.layout import DECISIONS_FILE, RUNGS_FILE
@@ -129,6 +128,10 @@ def _diff_stats(diffs: Sequence[float], margin: float
     sd = statistics.stdev(diffs)
     if sd <= 1e-12:     # equal differences up to rounding: irace's zero-variance rule
         return d, 0.0, None, (0.0 if d < -margin else 1.0)
+    # SciPy (a second to import) only where a rung compares seeds: the sweep command imports
+    # this module at its start, bad input and dry runs included.
+    from scipy import stats
+
     res = stats.ttest_1samp([x + margin for x in diffs], 0.0, alternative="less")
     return d, sd, float(res.statistic), float(res.pvalue)
 
