@@ -442,3 +442,21 @@ def test_a_backbone_axis_names_its_arms_after_the_backbones():
     assert "localvit_pvt_micro,act=relu6" in [a.name for a in factorial.arms]
     arm = next(a for a in factorial.arms if a.name == "localvit_pvt_micro,act=relu6")
     assert arm.aliases == ("backbone=localvit_pvt_micro,act=relu6",)
+
+
+@pytest.mark.parametrize(("run", "cores", "cpus"), [
+    ({}, 8, 8),                                                       # no cap: the machine
+    ({"max_concurrent": 1}, 8, 1),                                    # one slot: one worker
+    ({"max_concurrent": 2, "resources_per_trial": {"cpu": 3}}, 8, 6),
+    ({"max_concurrent": 3, "resources_per_trial": {"cpu": 0.5}}, 8, 2),   # rounded up
+    ({"max_concurrent": 4, "resources_per_trial": {"cpu": 4}}, 8, 8),     # at most the machine
+    ({"max_concurrent": 4, "resources_per_trial": {"cpu": 1, "gpu": 0.25}}, 8, 4),
+])
+def test_a_sweeps_own_ray_gets_the_cpus_its_slots_use(monkeypatch, run, cores, cpus):
+    # Ray starts (and preloads) one worker per CPU it is given: a sweep that runs one trial at a
+    # time on an 8-core machine needs one, not eight.
+    from orchestrator.tune import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: cores)
+    plan = build_plan(small_spec(run=run), source="t.yaml")
+    assert runner.local_cpus(plan) == cpus

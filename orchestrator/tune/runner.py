@@ -7,6 +7,7 @@ forwards trial events to the Parquet, MLflow and progress sinks.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -105,13 +106,27 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     trials_on_preloaded_workers()
 
 
-def _init_ray(address: str | None) -> None:
+def local_cpus(plan: Plan) -> int:
+    """The CPUs a Ray of the sweep's own is given: what its trials can use at once
+    (`run.max_concurrent` trials of `run.resources_per_trial.cpu`), at most the machine's; all
+    of the machine's when the spec sets no `max_concurrent`. Ray starts one worker per CPU it
+    has and each preloads torch, timm and the models, so a one-slot sweep on an 8-core laptop
+    would otherwise start seven workers that never run a trial (each seconds of CPU and hundreds
+    of MB; benchmarks/RESULTS.md, 2026-12-07)."""
+    cores = os.cpu_count() or 1
+    run = plan.spec.run
+    if run.max_concurrent is None:
+        return cores
+    return max(1, min(cores, math.ceil(run.max_concurrent * run.resources_per_trial.cpu)))
+
+
+def _init_ray(address: str | None, plan: Plan) -> None:
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        init_local_ray()
+        init_local_ray(local_cpus(plan))
 
 
 def run_sweep(
@@ -143,7 +158,7 @@ def run_sweep(
     target = check_storage(stage, resume=resume, rerun_changed=rerun_changed)
     # Ray first: whether a trial fits a node is known only then, and nothing is created before.
     _quiet_ray()
-    _init_ray(address)
+    _init_ray(address, plan)
     check_capacity(plan, cluster=bool(address), notify=notify)
     target.mkdir(parents=True, exist_ok=True)
     run = partial(_run_stage, target=target, sink_factory=sink_factory,
